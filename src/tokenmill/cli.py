@@ -1,0 +1,80 @@
+"""``tokenmill`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tokenmill.config import (
+    EMBEDDED_MODEL_ID,
+    ServeConfig,
+    embedded_model_path,
+    env_api_keys,
+)
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="serve the OpenAI-compatible API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", help="path to a GGUF file (default: the embedded SmolLM2-135M)")
+    p.add_argument("--served-model-name", help="the model id clients use")
+    p.add_argument(
+        "--model-alias", action="append", default=[], help="another name for the model (repeatable)"
+    )
+    p.add_argument(
+        "--api-key", action="append", default=[], help="accepted API key (repeatable; also TOKENMILL_API_KEYS)"
+    )
+    p.add_argument("--threads", type=int, default=0, help="compute threads (default: all cores)")
+    p.add_argument("--ctx-size", type=int, default=8192, help="KV cache cells for all sequences")
+    p.add_argument("--max-num-seqs", type=int, default=8, help="sequences decoded together")
+    p.add_argument("--max-batch-tokens", type=int, default=512, help="tokens per engine step")
+    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    p.add_argument("--log-level", default="info")
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    if args.model:
+        path = Path(args.model)
+        if not path.is_file():
+            raise SystemExit(f"tokenmill: model file not found: {path}")
+        model_id = args.served_model_name or path.stem
+    else:
+        path = embedded_model_path()
+        model_id = args.served_model_name or EMBEDDED_MODEL_ID
+    for name, value, low in (
+        ("--ctx-size", args.ctx_size, 16),
+        ("--max-num-seqs", args.max_num_seqs, 1),
+        ("--max-batch-tokens", args.max_batch_tokens, args.max_num_seqs),
+        ("--max-body-bytes", args.max_body_bytes, 1024),
+    ):
+        if value < low:
+            raise SystemExit(f"tokenmill: {name} must be at least {low}")
+    return ServeConfig(
+        host=args.host,
+        port=args.port,
+        model_path=str(path),
+        model_id=model_id,
+        aliases=tuple(args.model_alias),
+        api_keys=tuple(args.api_key) + env_api_keys(),
+        threads=args.threads,
+        ctx_size=args.ctx_size,
+        max_num_seqs=args.max_num_seqs,
+        max_batch_tokens=args.max_batch_tokens,
+        max_body_bytes=args.max_body_bytes,
+        log_level=args.log_level,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tokenmill")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        from tokenmill.server import serve
+
+        return serve(config_from_args(args))
+    parser.print_help(sys.stderr)
+    return 2

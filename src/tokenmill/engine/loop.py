@@ -1,0 +1,300 @@
+"""The engine loop: the one thread that owns the model runner.
+
+Requests and aborts arrive on a queue; each ``step()`` schedules a batch, runs it, samples a
+token for every sequence that reached the end of its known tokens, and sends each request its
+news through the callback it came with. Nothing a request does can stop the loop: a failing
+batch finishes the requests in it with an error and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tokenmill.core.scheduler import Scheduler, SchedulerOutput
+from tokenmill.core.sequence import FINISH_REASON, Sequence, SequenceGroup, SeqStatus
+from tokenmill.engine.batch import build_batch
+from tokenmill.engine.detok import Detokenizer
+from tokenmill.engine.messages import ChoiceDelta, EngineRequest, PromptLogprob, RequestOutput
+from tokenmill.runner.base import KVCacheFull, ModelRunner
+from tokenmill.sampling.sampler import SamplerState, TokenLogprob, sample_batch
+from tokenmill.engine.prompt_logprobs import prompt_logprobs_rows
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[RequestOutput], None]
+
+
+@dataclass(eq=False)
+class _Live:
+    """Engine-side state of one request."""
+
+    request: EngineRequest
+    group: SequenceGroup
+    sink: Sink
+    samplers: list[SamplerState]
+    detoks: list[Detokenizer]
+    prompt_logprobs: list[PromptLogprob | None] | None = None
+    prompt_logprobs_sent: bool = False
+    outputs: dict[int, ChoiceDelta] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Submit:
+    request: EngineRequest
+    sink: Sink
+
+
+@dataclass(frozen=True, slots=True)
+class _Abort:
+    request_id: str
+
+
+class EngineLoop:
+    """Runs ``step()`` while there is work and sleeps on its inbox when there is none."""
+
+    def __init__(self, runner: ModelRunner, max_num_seqs: int, max_batch_tokens: int) -> None:
+        self.runner = runner
+        self.info = runner.info
+        self.scheduler = Scheduler(max_num_seqs, runner.info.n_ctx, max_batch_tokens)
+        self._inbox: queue.SimpleQueue[_Submit | _Abort | None] = queue.SimpleQueue()
+        self._live: dict[str, _Live] = {}
+        self._next_seq_id = 0
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+
+    # -- thread-safe entry points -------------------------------------------------------
+
+    def submit(self, request: EngineRequest, sink: Sink) -> None:
+        self._inbox.put(_Submit(request, sink))
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(_Abort(request_id))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run_forever, name="engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        while self._drain_inbox(block=not self.scheduler.has_work):
+            if self.scheduler.has_work:
+                try:
+                    self.step()
+                except Exception:  # a bug must not kill the engine: fail what was in flight
+                    log.exception("engine step failed; failing the requests in flight")
+                    for live in list(self._live.values()):
+                        self._fail(live, "internal engine error")
+
+    def step(self) -> None:
+        plan = self.scheduler.schedule()
+        if not plan.chunks:
+            for slot in plan.clear_slots:
+                self.runner.clear(slot)
+            return
+        logits = self._run(plan)
+        if logits is not None:
+            self._postprocess(plan, logits)
+        self.steps += 1
+
+    def _drain_inbox(self, block: bool) -> bool:
+        """Apply queued submits and aborts; False once asked to stop."""
+        try:
+            msg = self._inbox.get(block=block)
+            while True:
+                if msg is None:
+                    return False
+                if isinstance(msg, _Submit):
+                    self._add(msg.request, msg.sink)
+                else:
+                    self._abort(msg.request_id)
+                msg = self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+
+    # -- requests in and out ---------------------------------------------------------------
+
+    def _add(self, req: EngineRequest, sink: Sink) -> None:
+        params = req.params
+        group = SequenceGroup(req.request_id, len(req.prompt_token_ids), req.priority, time.monotonic())
+        for i in range(params.n):
+            seq = Sequence(
+                seq_id=self._next_seq_id,
+                index=i,
+                group=group,
+                token_ids=list(req.prompt_token_ids),
+                max_tokens=params.max_tokens,
+                want_prompt_logprobs=i == 0 and params.prompt_logprobs is not None,
+            )
+            self._next_seq_id += 1
+            group.seqs.append(seq)
+        live = _Live(
+            request=req,
+            group=group,
+            sink=sink,
+            samplers=[SamplerState(params, req.prompt_token_ids, i) for i in range(params.n)],
+            detoks=[Detokenizer(self.info.token_pieces, params.stop) for _ in range(params.n)],
+            prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
+        )
+        if req.request_id in self._live or not req.prompt_token_ids:
+            self._send(live, RequestOutput(req.request_id, [], 0, True, error="invalid request"))
+            return
+        self._live[req.request_id] = live
+        self.scheduler.add(group)
+
+    def _abort(self, request_id: str) -> None:
+        live = self._live.pop(request_id, None)
+        if live is None:
+            return  # already finished: nothing to do
+        self.scheduler.finish_group(live.group, SeqStatus.FINISHED_ABORTED)
+        deltas = [ChoiceDelta(s.index, finish_reason="abort") for s in live.group.seqs]
+        self._send(live, RequestOutput(request_id, deltas, live.group.prompt_len, finished=True))
+
+    def _fail(self, live: _Live, message: str) -> None:
+        self._live.pop(live.request.request_id, None)
+        self.scheduler.finish_group(live.group, SeqStatus.FINISHED_ERROR)
+        out = RequestOutput(live.request.request_id, [], live.group.prompt_len, True, error=message)
+        self._send(live, out)
+
+    def _send(self, live: _Live, out: RequestOutput) -> None:
+        try:
+            live.sink(out)
+        except Exception:  # the receiving side is gone (e.g. event loop closed)
+            log.debug("dropping output for %s", out.request_id, exc_info=True)
+
+    # -- running a batch -------------------------------------------------------------------
+
+    def _run(self, plan: SchedulerOutput) -> np.ndarray | None:
+        for slot in plan.clear_slots:
+            self.runner.clear(slot)
+        batch = build_batch(plan.chunks)
+        try:
+            logits = self.runner.decode(batch)
+        except KVCacheFull:
+            self._recover_kv_full(plan)
+            return None
+        except Exception:
+            log.exception("decode failed for %d sequences", len(plan.chunks))
+            for live in {id(c.seq.group): self._live_of(c.seq) for c in plan.chunks}.values():
+                if live is not None:
+                    self._fail(live, "the model failed to run this batch")
+            return None
+        for leader, child in plan.forks:
+            assert leader.slot is not None and child.slot is not None
+            self.runner.fork(leader.slot, child.slot, leader.group.prompt_len)
+        return logits
+
+    def _recover_kv_full(self, plan: SchedulerOutput) -> None:
+        """llama.cpp found no room (fragmentation our count cannot see): recompute later.
+
+        The batch's sequences go back to waiting, and the cell budget shrinks a little so the
+        scheduler stops planning batches the cache cannot hold.
+        """
+        for chunk in plan.chunks:
+            if chunk.seq.status is SeqStatus.RUNNING:
+                self.scheduler.preempt(chunk.seq)
+        self.scheduler.kv_cells = max(self.scheduler.kv_cells * 15 // 16, 1)
+        log.warning("KV cache full; usable cells now %d", self.scheduler.kv_cells)
+
+    def _live_of(self, seq: Sequence) -> _Live | None:
+        return self._live.get(seq.group.request_id)
+
+    # -- after the batch ---------------------------------------------------------------------
+
+    def _postprocess(self, plan: SchedulerOutput, logits: np.ndarray) -> None:
+        rows: list[int] = []
+        seqs: list[Sequence] = []
+        row = 0
+        leader_row: dict[int, int] = {}
+        for chunk in plan.chunks:
+            n_rows = chunk.num_tokens if chunk.all_logits else int(chunk.sample)
+            if chunk.all_logits:
+                self._collect_prompt_logprobs(chunk.seq, chunk.start, logits[row : row + n_rows])
+            if chunk.sample:
+                rows.append(row + n_rows - 1)
+                seqs.append(chunk.seq)
+                leader_row[chunk.seq.seq_id] = row + n_rows - 1
+            row += n_rows
+        for leader, child in plan.forks:
+            rows.append(leader_row[leader.seq_id])
+            seqs.append(child)
+        live_of = [self._live_of(s) for s in seqs]
+        states = [lv.samplers[s.index] for s, lv in zip(seqs, live_of, strict=True) if lv]
+        seqs = [s for s, lv in zip(seqs, live_of, strict=True) if lv]
+        rows = [r for r, lv in zip(rows, live_of, strict=True) if lv]
+        if not seqs:
+            return
+        tokens, lps = sample_batch(logits[rows], states)
+        touched: dict[str, _Live] = {}
+        for seq, tok, lp in zip(seqs, tokens, lps, strict=True):
+            live = self._live[seq.group.request_id]
+            self._advance(live, seq, tok, lp)
+            touched[live.request.request_id] = live
+        for live in touched.values():
+            self._emit(live)
+
+    def _advance(self, live: _Live, seq: Sequence, tok: int, lp: TokenLogprob | None) -> None:
+        """Append a sampled token and decide whether the sequence is done."""
+        seq.token_ids.append(tok)
+        live.samplers[seq.index].observe(tok)
+        delta = live.outputs.setdefault(seq.index, ChoiceDelta(seq.index))
+        delta.token_ids.append(tok)
+        detok = live.detoks[seq.index]
+        if tok in self.info.eog_ids:
+            delta.text += detok.flush()
+            self._finish(live, seq, delta, SeqStatus.FINISHED_STOPPED, None)
+            return
+        if lp is not None:
+            delta.logprobs.append(lp)
+        text, stop = detok.push(tok)
+        delta.text += text
+        if stop is not None:
+            self._finish(live, seq, delta, SeqStatus.FINISHED_STOPPED, stop)
+        elif seq.num_output >= seq.max_tokens or len(seq.token_ids) >= self.info.n_ctx:
+            delta.text += detok.flush()
+            self._finish(live, seq, delta, SeqStatus.FINISHED_LENGTH, None)
+
+    def _finish(
+        self, live: _Live, seq: Sequence, delta: ChoiceDelta, status: SeqStatus, stop: str | None
+    ) -> None:
+        self.scheduler.finish(seq, status)
+        delta.finish_reason = FINISH_REASON[status]
+        delta.stop_reason = stop
+
+    def _emit(self, live: _Live) -> None:
+        req_id = live.request.request_id
+        finished = all(s.status.finished for s in live.group.seqs)
+        out = RequestOutput(
+            req_id,
+            sorted(live.outputs.values(), key=lambda d: d.index),
+            live.group.prompt_len,
+            finished=finished,
+        )
+        live.outputs = {}
+        if live.prompt_logprobs is not None and not live.prompt_logprobs_sent:
+            out.prompt_logprobs = live.prompt_logprobs
+            live.prompt_logprobs_sent = True
+        if finished:
+            del self._live[req_id]
+        self._send(live, out)
+
+    def _collect_prompt_logprobs(self, seq: Sequence, start: int, rows: np.ndarray) -> None:
+        live = self._live_of(seq)
+        if live is None or live.prompt_logprobs is None or live.prompt_logprobs_sent:
+            return
+        k = live.request.params.prompt_logprobs or 0
+        live.prompt_logprobs.extend(prompt_logprobs_rows(rows, seq.token_ids, start, seq.prompt_len, k))
+        if start + rows.shape[0] >= seq.prompt_len:
+            seq.want_prompt_logprobs = False  # a recompute after preemption need not redo them

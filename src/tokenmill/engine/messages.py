@@ -1,0 +1,54 @@
+"""The typed messages between the serving layer and the engine thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokenmill.sampling.params import SamplingParams
+from tokenmill.sampling.sampler import TokenLogprob
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRequest:
+    """A tokenized prompt to continue ``params.n`` times."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    priority: int = 0  # lower runs first
+
+
+@dataclass(frozen=True, slots=True)
+class PromptLogprob:
+    """Logprob of prompt token ``token_id`` given the tokens before it, and the top-k there."""
+
+    token_id: int
+    logprob: float
+    rank: int
+    top: tuple[tuple[int, float], ...]
+
+
+@dataclass(slots=True)
+class ChoiceDelta:
+    """What one choice produced in one engine step."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """One step's news for one request; ``finished`` is set on its last message."""
+
+    request_id: str
+    deltas: list[ChoiceDelta]
+    num_prompt_tokens: int
+    finished: bool = False
+    num_cached_tokens: int = 0
+    # Sent once, with the first tokens: None for the first prompt token, then one per token.
+    prompt_logprobs: list[PromptLogprob | None] | None = None
+    error: str | None = None

@@ -1,0 +1,80 @@
+"""API errors: one class per kind, each with its status code and OpenAI-shaped body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class APIError(Exception):
+    """An error the client should see: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    status_code = 500
+    error_type = "server_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class BadRequest(APIError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    default_code = "invalid_value"
+
+
+class ContextLengthExceeded(BadRequest):
+    default_code = "context_length_exceeded"
+
+
+class Unauthorized(APIError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class NotFound(APIError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    default_code = "model_not_found"
+
+
+class MethodNotAllowed(APIError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class PayloadTooLarge(APIError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class ServiceUnavailable(APIError):
+    status_code = 503
+    error_type = "server_error"
+    default_code = "service_unavailable"

@@ -1,0 +1,178 @@
+"""Request bodies of the public API, validated once at the edge.
+
+Unknown fields are ignored (clients of other providers send vendor extras); known fields
+that tokenmill cannot honour yet are rejected with a 400 naming them, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ServiceTier = Literal["auto", "default", "over-limit", "flex", "no-limit"]
+MAX_STOP = 4
+MAX_LOGPROBS = 20
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool | None = False
+
+
+class GenerationFields(BaseModel):
+    """Fields shared by chat and legacy completions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
+    n: int | None = Field(None, ge=1, le=128)
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    service_tier: ServiceTier | None = None
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    # Structured output has its own issue; until it lands these are refused, not ignored.
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (v or {}).items():
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"logit_bias values must be in [-100, 100], got {bias}")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_count(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences are allowed")
+        return v
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> GenerationFields:
+        for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar"):
+            if getattr(self, name) is not None:
+                raise UnsupportedField(name, "structured output is not supported yet")
+        if self.response_format is not None and self.response_format.get("type") != "text":
+            raise UnsupportedField(
+                "response_format", "only response_format {'type': 'text'} is supported yet"
+            )
+        return self
+
+    @property
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class UnsupportedField(ValueError):
+    """Raised inside validation; the edge turns it into a 400 naming ``param``."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(GenerationFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: Any = None
+    parallel_tool_calls: bool | None = None
+    add_generation_prompt: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _chat_rules(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise UnsupportedField("top_logprobs", "top_logprobs requires logprobs to be true")
+        if self.tools:
+            raise UnsupportedField("tools", "tool calling is not supported yet")
+        if self.functions:
+            raise UnsupportedField("functions", "function calling is not supported yet")
+        if self.tool_choice not in (None, "none", "auto"):
+            raise UnsupportedField("tool_choice", "tool calling is not supported yet")
+        if self.function_call not in (None, "none", "auto"):
+            raise UnsupportedField("function_call", "function calling is not supported yet")
+        return self
+
+    @property
+    def max_output(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+PromptInput = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(GenerationFields):
+    prompt: PromptInput
+    echo: bool | None = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @model_validator(mode="after")
+    def _completion_rules(self) -> CompletionRequest:
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise UnsupportedField("prompt", "prompt must not be empty")
+        if isinstance(self.prompt, list) and any(
+            isinstance(p, list) and not p for p in self.prompt
+        ):
+            raise UnsupportedField("prompt", "token-id prompts must not be empty")
+        if self.suffix:
+            raise UnsupportedField("suffix", "suffix is not supported")
+        if self.best_of is not None and self.best_of != (self.n or 1):
+            raise UnsupportedField("best_of", "best_of other than n is not supported")
+        return self

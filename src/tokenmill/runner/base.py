@@ -1,0 +1,73 @@
+"""What the engine needs from a model: a tokenizer and a batched forward pass over KV slots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One ``llama_decode`` worth of tokens; ``want_logits`` marks the rows to return."""
+
+    tokens: npt.NDArray[np.int32]
+    positions: npt.NDArray[np.int32]
+    slots: npt.NDArray[np.int32]
+    want_logits: npt.NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Static facts about the loaded model, read once at start-up."""
+
+    vocab_size: int
+    n_ctx: int  # KV cells shared by all sequences
+    n_ctx_train: int
+    token_pieces: list[bytes]  # the bytes each token id renders to (empty for control tokens)
+    eog_ids: frozenset[int]  # end of generation: EOS, end of turn, ...
+    bos_id: int | None
+    eos_id: int | None
+    add_bos: bool
+    chat_template: str | None
+    fingerprint: str  # stable per model file and tokenmill version
+    special_texts: dict[int, str] = field(default_factory=dict)  # control tokens' own text
+
+    def token_text(self, token_id: int) -> str:
+        """The text of a single token, for logprobs: control tokens show their own name."""
+        piece = self.token_pieces[token_id]
+        if not piece and token_id in self.special_texts:
+            return self.special_texts[token_id]
+        return piece.decode("utf-8", errors="replace")
+
+
+class Tokenizer(Protocol):
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]: ...
+
+
+class ModelRunner(Tokenizer, Protocol):
+    """Owned by the engine thread; only ``tokenize`` may be called from other threads."""
+
+    info: ModelInfo
+
+    def clear(self, slot: int) -> None:
+        """Drop all KV of a slot."""
+
+    def fork(self, src: int, dst: int, n_tokens: int) -> None:
+        """Make the first ``n_tokens`` of ``src``'s KV visible to ``dst`` as well."""
+
+    def decode(self, batch: Batch) -> npt.NDArray[np.float32]:
+        """Run the batch; return logits of the rows marked in ``want_logits``, in order.
+
+        Raises ``KVCacheFull`` when llama.cpp finds no room for the batch.
+        """
+        ...
+
+
+class KVCacheFull(RuntimeError):
+    """The model found no free KV cells for a batch; the engine preempts and retries."""

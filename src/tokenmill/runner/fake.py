@@ -1,0 +1,85 @@
+"""A deterministic toy model for fast tests: the next token is a function of the whole history.
+
+Each slot keeps the token history its "KV" holds, so tests catch wrong positions, missing
+clears, bad forks and preemption bugs the same way a real model's output would change.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import numpy.typing as npt
+
+from tokenmill.runner.base import Batch, KVCacheFull, ModelInfo
+
+EOS = 1
+VOCAB = 64  # ids 2..63 render as single lowercase letters / digits / punctuation below
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 .,!?-_:;ABCDEFGHIJKLMNOPQRSTUV"
+
+
+def _pieces() -> list[bytes]:
+    return [b"", b""] + [_ALPHABET[i - 2].encode() for i in range(2, VOCAB)]
+
+
+class FakeRunner:
+    """Logits peak at a token derived from a hash of the slot's full history."""
+
+    def __init__(self, n_ctx: int = 512, eos_after: int | None = None) -> None:
+        self.info = ModelInfo(
+            vocab_size=VOCAB,
+            n_ctx=n_ctx,
+            n_ctx_train=n_ctx,
+            token_pieces=_pieces(),
+            eog_ids=frozenset({EOS}),
+            bos_id=None,
+            eos_id=EOS,
+            add_bos=False,
+            chat_template=None,
+            fingerprint="fp_fake",
+        )
+        self.eos_after = eos_after  # emit EOS once a slot holds this many tokens
+        self.kv: dict[int, list[int]] = {}
+        self.decode_calls = 0
+        self.batch_sizes: list[int] = []
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        return [_ALPHABET.index(ch) + 2 if ch in _ALPHABET else 2 for ch in text]
+
+    def clear(self, slot: int) -> None:
+        self.kv.pop(slot, None)
+
+    def fork(self, src: int, dst: int, n_tokens: int) -> None:
+        self.kv[dst] = list(self.kv[src][:n_tokens])
+
+    def cells_used(self) -> int:
+        return sum(len(v) for v in self.kv.values())
+
+    def decode(self, batch: Batch) -> npt.NDArray[np.float32]:
+        self.decode_calls += 1
+        self.batch_sizes.append(len(batch))
+        if self.cells_used() + len(batch) > self.info.n_ctx * 2:
+            raise KVCacheFull("fake KV full")
+        rows = []
+        for tok, pos, slot, want in zip(
+            batch.tokens.tolist(),
+            batch.positions.tolist(),
+            batch.slots.tolist(),
+            batch.want_logits.tolist(),
+            strict=True,
+        ):
+            hist = self.kv.setdefault(slot, [])
+            assert pos == len(hist), f"slot {slot}: position {pos} but KV holds {len(hist)}"
+            hist.append(tok)
+            if want:
+                rows.append(self._logits(hist))
+        return np.asarray(rows, dtype=np.float32).reshape(len(rows), VOCAB)
+
+    def _logits(self, hist: list[int]) -> list[float]:
+        if self.eos_after is not None and len(hist) >= self.eos_after:
+            peak = EOS
+        else:
+            peak = 2 + zlib.crc32(bytes(t % 256 for t in hist)) % (VOCAB - 2)
+        logits = [float((i * 7 + len(hist)) % 5) * 0.1 for i in range(VOCAB)]
+        logits[peak] = 5.0
+        return logits

@@ -1,0 +1,198 @@
+"""The llama.cpp model runner: the only module that imports ``llama_cpp``.
+
+It drives llama.cpp's low-level API directly: one context, one unified KV pool shared by all
+sequences (each running sequence is a llama.cpp sequence id, "slot"), and one ``llama_decode``
+per engine step. The batch struct points at NumPy arrays we own, so filling it is a few
+vectorised copies rather than per-token ctypes calls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import llama_cpp as L
+import numpy as np
+import numpy.typing as npt
+
+from tokenmill import __version__
+from tokenmill.runner.base import Batch, KVCacheFull, ModelInfo
+
+log = logging.getLogger(__name__)
+
+_backend_ready = False
+_GGML_LOG_WARN, _GGML_LOG_ERROR = 3, 4  # ggml_log_level; 5 is "continue previous line"
+
+
+@L.llama_log_callback
+def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    # llama.cpp narrates every load and graph reservation on stderr; keep warnings and errors.
+    if level in (_GGML_LOG_WARN, _GGML_LOG_ERROR) and text:
+        log.warning("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        L.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        L.llama_backend_init()
+        _backend_ready = True
+
+
+class LlamaRunner:
+    """A GGUF model loaded in llama.cpp, decoding batches over ``n_seq_max`` KV slots."""
+
+    def __init__(
+        self, path: str, n_ctx: int, n_threads: int, n_seq_max: int, n_batch: int
+    ) -> None:
+        _init_backend()
+        mparams = L.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        self._model = L.llama_model_load_from_file(path.encode(), mparams)
+        if not self._model:
+            raise RuntimeError(f"llama.cpp could not load {path}")
+        self._vocab = L.llama_model_get_vocab(self._model)
+        cparams = L.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = min(n_batch, 512)
+        cparams.n_seq_max = n_seq_max
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        cparams.kv_unified = True  # one pool: forks share cells, attention cost follows use
+        cparams.no_perf = True
+        self._ctx = L.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise RuntimeError("llama.cpp could not create a context")
+        self._mem = L.llama_get_memory(self._ctx)
+        self.n_batch = n_batch
+        self._alloc_batch(n_batch)
+        self.info = self._read_info(path, L.llama_n_ctx(self._ctx))
+        log.info(
+            "loaded %s: vocab %d, %d KV cells, %d slots, %d threads",
+            Path(path).name,
+            self.info.vocab_size,
+            self.info.n_ctx,
+            n_seq_max,
+            n_threads,
+        )
+
+    # -- model facts ------------------------------------------------------------------------
+
+    def _read_info(self, path: str, n_ctx: int) -> ModelInfo:
+        n_vocab = L.llama_vocab_n_tokens(self._vocab)
+        pieces = [self._piece(t) for t in range(n_vocab)]
+        special = {
+            t: (L.llama_vocab_get_text(self._vocab, t) or b"").decode("utf-8", "replace")
+            for t in range(n_vocab)
+            if L.llama_vocab_is_control(self._vocab, t) or L.llama_vocab_is_eog(self._vocab, t)
+        }
+        eog = frozenset(t for t in range(n_vocab) if L.llama_vocab_is_eog(self._vocab, t))
+        bos = L.llama_vocab_bos(self._vocab)
+        eos = L.llama_vocab_eos(self._vocab)
+        template = L.llama_model_chat_template(self._model, None)
+        return ModelInfo(
+            vocab_size=n_vocab,
+            n_ctx=n_ctx,
+            n_ctx_train=L.llama_model_n_ctx_train(self._model),
+            token_pieces=pieces,
+            eog_ids=eog,
+            bos_id=bos if bos >= 0 else None,
+            eos_id=eos if eos >= 0 else None,
+            add_bos=bool(L.llama_vocab_get_add_bos(self._vocab)),
+            chat_template=template.decode() if template else None,
+            fingerprint=_fingerprint(path),
+            special_texts=special,
+        )
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = L.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+        return buf.raw[: max(n, 0)]
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        out = (L.llama_token * cap)()
+        n = L.llama_tokenize(self._vocab, data, len(data), out, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            out = (L.llama_token * cap)()
+            n = L.llama_tokenize(self._vocab, data, len(data), out, cap, add_special, parse_special)
+        return list(out[:n])
+
+    # -- KV slots ---------------------------------------------------------------------------
+
+    def clear(self, slot: int) -> None:
+        L.llama_memory_seq_rm(self._mem, slot, -1, -1)
+
+    def fork(self, src: int, dst: int, n_tokens: int) -> None:
+        # In the unified pool this tags the cells with one more sequence id: no copy.
+        L.llama_memory_seq_cp(self._mem, src, dst, 0, n_tokens)
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def _alloc_batch(self, n: int) -> None:
+        self._tok = np.zeros(n, dtype=np.int32)
+        self._pos = np.zeros(n, dtype=np.int32)
+        self._nseq = np.ones(n, dtype=np.int32)
+        self._seq = np.zeros(n, dtype=np.int32)
+        self._out = np.zeros(n, dtype=np.int8)
+        base = self._seq.ctypes.data
+        i32p = ctypes.POINTER(ctypes.c_int32)
+        self._seq_ptrs = (i32p * n)(*[ctypes.cast(base + 4 * i, i32p) for i in range(n)])
+        b = L.llama_batch()
+        b.token = self._tok.ctypes.data_as(i32p)
+        b.embd = ctypes.POINTER(ctypes.c_float)()
+        b.pos = self._pos.ctypes.data_as(i32p)
+        b.n_seq_id = self._nseq.ctypes.data_as(i32p)
+        b.seq_id = ctypes.cast(self._seq_ptrs, type(b.seq_id))
+        b.logits = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self._batch = b
+
+    def decode(self, batch: Batch) -> npt.NDArray[np.float32]:
+        n = len(batch)
+        if n > self.n_batch:
+            raise ValueError(f"batch of {n} tokens exceeds n_batch {self.n_batch}")
+        self._tok[:n] = batch.tokens
+        self._pos[:n] = batch.positions
+        self._seq[:n] = batch.slots
+        self._out[:n] = batch.want_logits
+        self._batch.n_tokens = n
+        rc = L.llama_decode(self._ctx, self._batch)
+        if rc == 1:
+            raise KVCacheFull("llama.cpp found no KV slot for the batch")
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        n_out = int(np.count_nonzero(batch.want_logits))
+        if n_out == 0:
+            return np.zeros((0, self.info.vocab_size), dtype=np.float32)
+        ptr = L.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n_out, self.info.vocab_size)).copy()
+
+    def close(self) -> None:
+        if self._ctx:
+            L.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            L.llama_model_free(self._model)
+            self._model = None
+
+
+def _fingerprint(path: str) -> str:
+    """Stable for one model file and tokenmill version, without hashing gigabytes."""
+    h = hashlib.sha256(__version__.encode())
+    size = os.path.getsize(path)
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(size - (1 << 20))
+            h.update(f.read(1 << 20))
+    return "fp_" + h.hexdigest()[:12]

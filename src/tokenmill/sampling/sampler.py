@@ -1,0 +1,170 @@
+"""Token selection for a whole batch of logits rows, one ``SamplerState`` per sequence.
+
+Greedy rows without penalties are one vectorised argmax. Other rows are filtered on a small
+candidate set: ``top_p`` and ``min_p`` need only the few most likely tokens, found with
+``argpartition`` and widened until the filter is provably exact, never a full-vocabulary sort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from tokenmill.sampling.params import SamplingParams
+
+FloatArray = npt.NDArray[np.float32]
+# JSON has no -inf: logprobs are floored here (a token the model gives ~zero mass).
+LOGPROB_FLOOR = -9999.0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """The sampled token's logprob and the ``k`` most likely tokens at that step."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+class SamplerState:
+    """Per-sequence sampling state: its RNG and the token counts the penalties need."""
+
+    __slots__ = ("bias_ids", "bias_vals", "counts", "params", "rng", "seen")
+
+    def __init__(self, params: SamplingParams, prompt_ids: list[int], index: int) -> None:
+        self.params = params
+        # Same seed + same request => same output; each choice of n gets its own stream.
+        seed = None if params.seed is None else [params.seed, index]
+        self.rng = np.random.default_rng(seed)
+        self.counts: dict[int, int] = {}
+        self.seen: set[int] = set(prompt_ids) if params.repetition_penalty != 1.0 else set()
+        self.bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64)
+        self.bias_vals = np.fromiter(params.logit_bias.values(), dtype=np.float32)
+
+    def observe(self, token_id: int) -> None:
+        """Record a generated token (penalties look at what was generated so far)."""
+        if self.params.has_penalties:
+            self.counts[token_id] = self.counts.get(token_id, 0) + 1
+            self.seen.add(token_id)
+
+    @property
+    def plain_greedy(self) -> bool:
+        return self.params.greedy and not self.params.has_penalties and not self.bias_ids.size
+
+
+def sample_batch(
+    logits: FloatArray, states: list[SamplerState]
+) -> tuple[list[int], list[TokenLogprob | None]]:
+    """Pick one token per row; ``logits`` is modified in place."""
+    # Logprobs describe the model's own distribution, so they are taken before any filter.
+    logp_rows = {
+        i: log_softmax(logits[i]) for i, st in enumerate(states) if st.params.logprobs is not None
+    }
+    tokens = [0] * len(states)
+    greedy_rows = [i for i, st in enumerate(states) if st.plain_greedy]
+    if greedy_rows:
+        picks = np.argmax(logits[greedy_rows], axis=1)
+        for i, tok in zip(greedy_rows, picks.tolist(), strict=True):
+            tokens[i] = tok
+    for i, st in enumerate(states):
+        if not st.plain_greedy:
+            tokens[i] = _sample_row(logits[i], st)
+    logprobs: list[TokenLogprob | None] = [None] * len(states)
+    for i, logp in logp_rows.items():
+        k = states[i].params.logprobs or 0
+        tok = tokens[i]
+        logprobs[i] = TokenLogprob(tok, max(float(logp[tok]), LOGPROB_FLOOR), top_k_logprobs(logp, k))
+    return tokens, logprobs
+
+
+def log_softmax(row: FloatArray) -> npt.NDArray[np.float64]:
+    x = row.astype(np.float64)
+    m = x.max()
+    return x - (m + np.log(np.exp(x - m).sum()))
+
+
+def top_k_logprobs(logp: npt.NDArray[np.float64], k: int) -> tuple[tuple[int, float], ...]:
+    if k <= 0:
+        return ()
+    k = min(k, logp.shape[0])
+    idx = np.argpartition(logp, -k)[-k:]
+    idx = idx[np.argsort(-logp[idx], kind="stable")]
+    return tuple((int(t), max(float(logp[t]), LOGPROB_FLOOR)) for t in idx)
+
+
+def apply_penalties(row: FloatArray, st: SamplerState) -> None:
+    """OpenAI presence/frequency penalties on generated tokens; HF repetition penalty on all."""
+    p = st.params
+    if st.counts and (p.presence_penalty or p.frequency_penalty):
+        ids = np.fromiter(st.counts.keys(), dtype=np.int64, count=len(st.counts))
+        cnt = np.fromiter(st.counts.values(), dtype=np.float32, count=len(st.counts))
+        row[ids] -= p.frequency_penalty * cnt + p.presence_penalty
+    if st.seen and p.repetition_penalty != 1.0:
+        ids = np.fromiter(st.seen, dtype=np.int64, count=len(st.seen))
+        vals = row[ids]
+        row[ids] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+
+
+def _sample_row(row: FloatArray, st: SamplerState) -> int:
+    p = st.params
+    if p.has_penalties:
+        apply_penalties(row, st)
+    if st.bias_ids.size:
+        row[st.bias_ids] += st.bias_vals
+    if p.greedy:
+        return int(np.argmax(row))
+    x = row.astype(np.float64) / p.temperature
+    ids, probs = _candidates(x, p)
+    if p.top_p < 1.0:
+        keep = np.cumsum(probs) - probs < p.top_p  # always keeps the most likely token
+        ids, probs = ids[keep], probs[keep]
+    if p.min_p > 0.0:
+        keep = probs >= p.min_p * probs[0]
+        ids, probs = ids[keep], probs[keep]
+    cdf = np.cumsum(probs)
+    pick = int(np.searchsorted(cdf, st.rng.random() * cdf[-1], side="right"))
+    return int(ids[min(pick, ids.shape[0] - 1)])
+
+
+def _candidates(
+    x: npt.NDArray[np.float64], p: SamplingParams
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Token ids sorted by probability and their probabilities, enough for the filters.
+
+    With ``top_k`` the candidates are the k best, renormalised. Otherwise probabilities are
+    over the full vocabulary, and only as many candidates are kept as top-p / min-p can reach.
+    """
+    vocab = x.shape[0]
+    if p.top_k > 0 and p.top_k < vocab:
+        ids = np.argpartition(x, -p.top_k)[-p.top_k :]
+        return _sorted_probs(ids, x[ids], _lse(x[ids]))
+    lse = _lse(x)
+    if p.top_p >= 1.0 and p.min_p <= 0.0:
+        probs = np.exp(x - lse)
+        return np.arange(vocab, dtype=np.int64), probs
+    k = 64
+    while True:
+        if k >= vocab:
+            return _sorted_probs(np.arange(vocab, dtype=np.int64), x, lse)
+        ids = np.argpartition(x, -k)[-k:]
+        ids, probs = _sorted_probs(ids, x[ids], lse)
+        # Exact once the k best already cover top_p's mass and fall below min_p's cut-off.
+        covers_p = p.top_p >= 1.0 or probs.sum() >= p.top_p
+        covers_min = p.min_p <= 0.0 or probs[-1] < p.min_p * probs[0]
+        if covers_p and covers_min:
+            return ids, probs
+        k *= 4
+
+
+def _sorted_probs(
+    ids: npt.NDArray[np.int64], vals: npt.NDArray[np.float64], lse: float
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    order = np.argsort(-vals, kind="stable")
+    return ids[order], np.exp(vals[order] - lse)
+
+
+def _lse(x: npt.NDArray[np.float64]) -> float:
+    m = float(x.max())
+    return m + float(np.log(np.exp(x - m).sum()))

@@ -1,0 +1,181 @@
+"""What chat and legacy completions share: parameters, limits, usage, merged engine streams."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenmill.engine.front import AsyncEngine
+from tokenmill.engine.messages import EngineRequest, RequestOutput
+from tokenmill.protocol.errors import APIError, BadRequest, ContextLengthExceeded
+from tokenmill.protocol.requests import GenerationFields
+from tokenmill.runner.base import ModelInfo
+from tokenmill.sampling.params import SamplingParams
+from tokenmill.sampling.sampler import TokenLogprob
+from tokenmill.serving.models import ModelRegistry
+from tokenmill.serving.template import ChatTemplate
+
+
+@dataclass(frozen=True)
+class ServingContext:
+    """Everything a handler needs, built once at start-up."""
+
+    engine: AsyncEngine
+    models: ModelRegistry
+    template: ChatTemplate
+    max_num_seqs: int
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.engine.info
+
+
+class EngineFailed(APIError):
+    status_code = 500
+    error_type = "server_error"
+    default_code = "engine_error"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def service_tier(req: GenerationFields) -> str:
+    """The tier actually used: ``auto`` (or nothing) resolves to ``default``."""
+    tier = req.service_tier or "auto"
+    return "default" if tier == "auto" else tier
+
+
+def sampling_params(
+    req: GenerationFields,
+    ctx: ServingContext,
+    prompt_len: int,
+    max_tokens: int | None,
+    default_max_tokens: int | None,
+    logprobs: int | None,
+    prompt_logprobs: int | None,
+    prompt_param: str,
+) -> SamplingParams:
+    """Turn validated request fields into engine parameters, enforcing model limits."""
+    info = ctx.info
+    n = req.n or 1
+    if n > ctx.max_num_seqs:
+        raise BadRequest(f"n must be at most {ctx.max_num_seqs} on this server", "n")
+    if prompt_len >= info.n_ctx:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {info.n_ctx} tokens. However, your "
+            f"prompt has {prompt_len} tokens. Please reduce the length of the prompt.",
+            prompt_param,
+        )
+    room = info.n_ctx - prompt_len
+    if max_tokens is None:
+        max_tokens = room if default_max_tokens is None else min(default_max_tokens, room)
+    elif max_tokens > room:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {info.n_ctx} tokens. However, you "
+            f"requested {prompt_len + max_tokens} tokens ({prompt_len} in the prompt, "
+            f"{max_tokens} for the completion). Please reduce the prompt or max_tokens.",
+            "max_tokens",
+        )
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=max(req.top_k or 0, 0),
+        min_p=req.min_p or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        repetition_penalty=req.repetition_penalty or 1.0,
+        logit_bias=_logit_bias(req.logit_bias, info.vocab_size),
+        seed=req.seed,
+        n=n,
+        stop=req.stop_list,
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+    )
+
+
+def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        tok = int(key)
+        if not 0 <= tok < vocab_size:
+            raise BadRequest(
+                f"logit_bias token id {tok} is outside the vocabulary (0..{vocab_size - 1})",
+                "logit_bias",
+            )
+        out[tok] = value
+    return out
+
+
+def check_token_ids(ids: list[int], vocab_size: int, param: str) -> None:
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        raise BadRequest(f"token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})", param)
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+
+
+@dataclass
+class ChoiceState:
+    """A choice's accumulated output, for non-streamed responses and usage."""
+
+    text: list[str] = field(default_factory=list)
+    num_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+async def run_all(
+    engine: AsyncEngine, requests: list[EngineRequest]
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Run several engine requests at once; yield ``(request index, output)`` as they come.
+
+    Leaving early (client gone) cancels them all, which aborts them in the engine.
+    """
+    if len(requests) == 1:
+        async for out in engine.generate(requests[0]):
+            _raise_if_failed(out)
+            yield 0, out
+        return
+    queue: asyncio.Queue[tuple[int, RequestOutput] | None] = asyncio.Queue()
+
+    async def pump(i: int, req: EngineRequest) -> None:
+        async for out in engine.generate(req):
+            await queue.put((i, out))
+
+    tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(requests)]
+    remaining = len(requests)
+    try:
+        while remaining:
+            item = await queue.get()
+            assert item is not None
+            _raise_if_failed(item[1])
+            remaining -= item[1].finished
+            yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _raise_if_failed(out: RequestOutput) -> None:
+    if out.error:
+        raise EngineFailed(f"generation failed: {out.error}")

@@ -1,0 +1,191 @@
+"""``POST /v1/completions``: one or many prompts, each continued ``n`` times.
+
+Choices are indexed prompt-major (``prompt_index * n + choice``), as OpenAI does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from tokenmill.engine.messages import EngineRequest, PromptLogprob
+from tokenmill.protocol.errors import APIError
+from tokenmill.protocol.requests import CompletionRequest
+from tokenmill.serving.common import (
+    ChoiceState,
+    ServingContext,
+    check_token_ids,
+    new_id,
+    now,
+    run_all,
+    sampling_params,
+    service_tier,
+    usage,
+)
+from tokenmill.serving.logprobs import legacy_logprobs, prompt_logprobs_json
+from tokenmill.serving.sse import DONE, ResponseMeta, event
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for legacy completions
+
+
+@dataclass(frozen=True)
+class Prompt:
+    ids: list[int]
+    text: str  # what echo shows
+
+
+def normalize_prompts(req: CompletionRequest, ctx: ServingContext) -> list[Prompt]:
+    """A string, a list of strings, a list of token ids or a list of token-id lists."""
+    info = ctx.info
+    raw = req.prompt
+    items: list[str | list[int]]
+    if isinstance(raw, str):
+        items = [raw]
+    elif all(isinstance(p, int) for p in raw):
+        items = [list(raw)]  # type: ignore[arg-type]
+    else:
+        items = list(raw)  # type: ignore[arg-type]
+    prompts = []
+    for item in items:
+        if isinstance(item, str):
+            ids = ctx.engine.runner.tokenize(item, add_special=info.add_bos, parse_special=True)
+            prompts.append(Prompt(ids, item))
+        else:
+            check_token_ids(item, info.vocab_size, "prompt")
+            text = b"".join(info.token_pieces[t] for t in item).decode("utf-8", "replace")
+            prompts.append(Prompt(item, text))
+    return prompts
+
+
+async def create_completion(
+    req: CompletionRequest, ctx: ServingContext
+) -> dict[str, Any] | AsyncIterator[str]:
+    model = ctx.models.resolve(req.model)
+    prompts = normalize_prompts(req, ctx)
+    # Echo with logprobs needs the prompt's own logprobs from the engine.
+    engine_plp = req.prompt_logprobs
+    if req.echo and req.logprobs is not None:
+        engine_plp = max(req.logprobs, req.prompt_logprobs or 0)
+    meta = ResponseMeta(
+        id=new_id("cmpl"),
+        object="text_completion",
+        created=now(),
+        model=model,
+        system_fingerprint=ctx.info.fingerprint,
+        service_tier=service_tier(req),
+        include_usage=bool(req.stream and req.include_usage),
+    )
+    ereqs = []
+    for i, p in enumerate(prompts):
+        params = sampling_params(
+            req,
+            ctx,
+            len(p.ids),
+            max_tokens=req.max_tokens,
+            default_max_tokens=DEFAULT_MAX_TOKENS,
+            logprobs=req.logprobs,
+            prompt_logprobs=engine_plp,
+            prompt_param="prompt",
+        )
+        ereqs.append(EngineRequest(f"{meta.id}-{i}", p.ids, params))
+    run = _Run(req, ctx, meta, prompts, ereqs)
+    if req.stream:
+        return run.stream()
+    return await run.full()
+
+
+class _Run:
+    """One completion request in flight: its prompts, engine requests and response shape."""
+
+    def __init__(
+        self,
+        req: CompletionRequest,
+        ctx: ServingContext,
+        meta: ResponseMeta,
+        prompts: list[Prompt],
+        ereqs: list[EngineRequest],
+    ) -> None:
+        self.req, self.ctx, self.meta, self.prompts, self.ereqs = req, ctx, meta, prompts, ereqs
+        self.n = req.n or 1
+        self.prompt_lp: list[list[PromptLogprob | None] | None] = [None] * len(prompts)
+        self.prompt_tokens = sum(len(p.ids) for p in prompts)
+
+    async def full(self) -> dict[str, Any]:
+        choices = [ChoiceState() for _ in range(len(self.prompts) * self.n)]
+        async for pi, out in run_all(self.ctx.engine, self.ereqs):
+            self.prompt_lp[pi] = out.prompt_logprobs or self.prompt_lp[pi]
+            for d in out.deltas:
+                c = choices[pi * self.n + d.index]
+                c.text.append(d.text)
+                c.num_tokens += len(d.token_ids)
+                c.logprobs.extend(d.logprobs)
+                if d.finish_reason:
+                    c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason
+        body_choices = []
+        for idx, c in enumerate(choices):
+            pi = idx // self.n
+            prefix = self.prompts[pi].text if self.req.echo else ""
+            choice: dict[str, Any] = {
+                "index": idx,
+                "text": prefix + "".join(c.text),
+                "logprobs": self._logprobs(pi, c.logprobs, first=True),
+                "finish_reason": c.finish_reason,
+                "stop_reason": c.stop_reason,
+            }
+            if self.req.prompt_logprobs is not None:
+                choice["prompt_logprobs"] = prompt_logprobs_json(self.prompt_lp[pi], self.ctx.info)
+            body_choices.append(choice)
+        completion_tokens = sum(c.num_tokens for c in choices)
+        return self.meta.envelope(
+            choices=body_choices, usage=usage(self.prompt_tokens, completion_tokens)
+        )
+
+    def _logprobs(self, pi: int, lps: list[Any], first: bool) -> dict[str, Any] | None:
+        """Legacy logprobs; the echoed prompt's tokens lead the first message of a choice."""
+        if self.req.logprobs is None:
+            return None
+        prompt = self.prompts[pi]
+        echo = self.req.echo and first
+        return legacy_logprobs(
+            self.prompt_lp[pi] if echo else None,
+            prompt.ids,
+            lps,
+            self.ctx.info,
+            text_offset_start=0 if self.req.echo else len(prompt.text),
+        )
+
+    async def stream(self) -> AsyncIterator[str]:
+        completion_tokens = 0
+        started: set[int] = set()
+        try:
+            async for pi, out in run_all(self.ctx.engine, self.ereqs):
+                self.prompt_lp[pi] = out.prompt_logprobs or self.prompt_lp[pi]
+                for d in out.deltas:
+                    idx = pi * self.n + d.index
+                    completion_tokens += len(d.token_ids)
+                    first = idx not in started
+                    started.add(idx)
+                    text = (self.prompts[pi].text if self.req.echo and first else "") + d.text
+                    choice: dict[str, Any] = {
+                        "index": idx,
+                        "text": text,
+                        "logprobs": self._logprobs(pi, d.logprobs, first),
+                        "finish_reason": d.finish_reason,
+                    }
+                    if d.finish_reason:
+                        choice["stop_reason"] = d.stop_reason
+                    if first and self.req.prompt_logprobs is not None:
+                        choice["prompt_logprobs"] = prompt_logprobs_json(
+                            self.prompt_lp[pi], self.ctx.info
+                        )
+                    yield event(self.meta.envelope(choices=[choice]))
+            if self.meta.include_usage:
+                yield event(
+                    self.meta.envelope(
+                        choices=[], usage=usage(self.prompt_tokens, completion_tokens)
+                    )
+                )
+        except APIError as e:
+            yield event(e.body())
+        yield DONE

@@ -1,0 +1,138 @@
+"""The scheduler alone: admission, budget, chunked prefill, forks, preemption, priorities."""
+
+from __future__ import annotations
+
+from tokenmill.core.scheduler import Scheduler
+from tokenmill.core.sequence import Sequence, SequenceGroup, SeqStatus
+
+_ids = iter(range(10**6))
+
+
+def group(prompt_len: int, n: int = 1, priority: int = 0, arrival: float = 0.0) -> SequenceGroup:
+    g = SequenceGroup(f"r{next(_ids)}", prompt_len, priority, arrival)
+    for i in range(n):
+        g.seqs.append(Sequence(next(_ids), i, g, list(range(prompt_len)), max_tokens=100))
+    return g
+
+
+def sample_all(sched: Scheduler, plan) -> None:  # type: ignore[no-untyped-def]
+    """Pretend the model sampled one token for every sequence that asked."""
+    for c in plan.chunks:
+        if c.sample:
+            c.seq.token_ids.append(7)
+    for _, child in plan.forks:
+        child.token_ids.append(7)
+
+
+def cells_in_use(sched: Scheduler) -> int:
+    groups = {id(s.group): s.group for s in sched.running}
+    return sum(s.own_cells for s in sched.running) + sum(g.shared_cells for g in groups.values())
+
+
+def test_admits_up_to_max_num_seqs_and_next_joins_when_one_leaves() -> None:
+    s = Scheduler(max_num_seqs=2, kv_cells=1000, max_batch_tokens=64)
+    a, b, c = group(4, arrival=1), group(4, arrival=2), group(4, arrival=3)
+    for g in (a, b, c):
+        s.add(g)
+    plan = s.schedule()
+    assert {ch.seq.group.request_id for ch in plan.chunks} == {a.request_id, b.request_id}
+    assert c.seqs[0].status is SeqStatus.WAITING
+    sample_all(s, plan)
+    s.finish(a.seqs[0], SeqStatus.FINISHED_STOPPED)
+    plan = s.schedule()
+    assert plan.clear_slots, "the finished sequence's KV must be cleared"
+    assert {ch.seq.group.request_id for ch in plan.chunks} == {b.request_id, c.request_id}
+
+
+def test_budget_is_honoured_and_long_prompts_are_chunked() -> None:
+    s = Scheduler(max_num_seqs=4, kv_cells=10_000, max_batch_tokens=32)
+    g = group(100)
+    s.add(g)
+    sizes = []
+    while g.seqs[0].num_uncomputed > 0:
+        plan = s.schedule()
+        assert plan.num_tokens <= 32
+        sizes.append(plan.num_tokens)
+    assert sizes == [32, 32, 32, 4]
+    assert plan.chunks[-1].sample
+
+
+def test_decodes_are_never_starved_by_a_long_prefill() -> None:
+    s = Scheduler(max_num_seqs=4, kv_cells=10_000, max_batch_tokens=16)
+    decoders = [group(3, arrival=i) for i in range(3)]
+    for g in decoders:
+        s.add(g)
+    sample_all(s, s.schedule())
+    s.add(group(500, arrival=10))
+    for _ in range(10):
+        plan = s.schedule()
+        decoding = {c.seq.seq_id for c in plan.chunks if c.num_tokens == 1}
+        assert decoding == {g.seqs[0].seq_id for g in decoders}
+        assert plan.num_tokens == 16  # the rest of the budget went to the prompt
+        sample_all(s, plan)
+
+
+def test_n_choices_share_the_prompt_through_forks() -> None:
+    s = Scheduler(max_num_seqs=4, kv_cells=1000, max_batch_tokens=64)
+    g = group(10, n=3)
+    s.add(g)
+    plan = s.schedule()
+    assert [c.seq.index for c in plan.chunks] == [0]  # only the leader computes the prompt
+    assert [(a.index, b.index) for a, b in plan.forks] == [(0, 1), (0, 2)]
+    assert s.used_cells == 10 == cells_in_use(s)
+    sample_all(s, plan)
+    plan = s.schedule()
+    assert sorted(c.seq.index for c in plan.chunks) == [0, 1, 2]
+    assert s.used_cells == 13 == cells_in_use(s)
+    for seq in g.seqs:
+        s.finish(seq, SeqStatus.FINISHED_STOPPED)
+    assert s.used_cells == 0
+
+
+def test_kv_exhaustion_preempts_the_newest_and_it_resumes() -> None:
+    s = Scheduler(max_num_seqs=4, kv_cells=24, max_batch_tokens=64)
+    old, new = group(10, arrival=1), group(10, arrival=2)
+    s.add(old)
+    s.add(new)
+    sample_all(s, s.schedule())
+    preempted = False
+    for _ in range(6):
+        plan = s.schedule()
+        preempted |= any(p is new.seqs[0] for p in plan.preempted)
+        assert s.used_cells <= 24
+        assert s.used_cells == cells_in_use(s)
+        sample_all(s, plan)
+    assert preempted
+    assert old.seqs[0].status is SeqStatus.RUNNING
+    s.finish(old.seqs[0], SeqStatus.FINISHED_STOPPED)
+    plan = s.schedule()
+    resumed = [c for c in plan.chunks if c.seq is new.seqs[0]]
+    assert resumed and resumed[0].start == 0  # recomputed from its tokens, output included
+    assert resumed[0].num_tokens == len(new.seqs[0].token_ids)
+
+
+def test_priority_orders_admission_and_fcfs_within_a_priority() -> None:
+    s = Scheduler(max_num_seqs=1, kv_cells=1000, max_batch_tokens=64)
+    low = group(2, priority=5, arrival=1)
+    high_late = group(2, priority=0, arrival=3)
+    high_early = group(2, priority=0, arrival=2)
+    for g in (low, high_late, high_early):
+        s.add(g)
+    order = []
+    for _ in range(3):
+        plan = s.schedule()
+        seq = plan.chunks[0].seq
+        order.append(seq.group)
+        s.finish(seq, SeqStatus.FINISHED_STOPPED)
+    assert order == [high_early, high_late, low]
+
+
+def test_abort_of_waiting_and_running_frees_everything() -> None:
+    s = Scheduler(max_num_seqs=1, kv_cells=1000, max_batch_tokens=64)
+    a, b = group(5, n=1, arrival=1), group(5, arrival=2)
+    s.add(a)
+    s.add(b)
+    s.schedule()
+    s.finish_group(b, SeqStatus.FINISHED_ABORTED)
+    s.finish_group(a, SeqStatus.FINISHED_ABORTED)
+    assert not s.has_work and s.used_cells == 0 and len(s.free_slots) == 1
