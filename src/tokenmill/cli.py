@@ -24,7 +24,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--model-alias", action="append", default=[], help="another name for the model (repeatable)"
     )
     p.add_argument(
-        "--api-key", action="append", default=[], help="accepted API key (repeatable; also TOKENMILL_API_KEYS)"
+        "--api-key",
+        action="append",
+        default=[],
+        help="accepted API key (repeatable; also TOKENMILL_API_KEYS)",
     )
     p.add_argument("--threads", type=int, default=0, help="compute threads (default: all cores)")
     p.add_argument("--ctx-size", type=int, default=8192, help="KV cache cells for all sequences")

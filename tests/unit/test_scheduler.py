@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tokenmill.core.scheduler import Scheduler
-from tokenmill.core.sequence import Sequence, SequenceGroup, SeqStatus
+from tokenmill.core.sequence import SeqStatus, Sequence, SequenceGroup
 
 _ids = iter(range(10**6))
 

@@ -26,14 +26,16 @@ def error_response(err: APIError) -> JSONResponse:
 
 def from_validation_error(exc: ValidationError) -> BadRequest:
     """The first problem, as a 400 whose ``param`` names the offending field."""
-    first: dict[str, Any] = exc.errors()[0]
+    first: dict[str, Any] = dict(exc.errors()[0])
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, UnsupportedField):
         return BadRequest(cause.message, cause.param, code="unsupported_parameter")
     param = _param_path(first.get("loc", ()))
     msg = first.get("msg", "invalid value")
     if first.get("type") == "missing":
-        return BadRequest(f"Missing required parameter: '{param}'.", param, code="missing_required_parameter")
+        return BadRequest(
+            f"Missing required parameter: '{param}'.", param, code="missing_required_parameter"
+        )
     return BadRequest(f"Invalid value for '{param}': {msg}", param)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from tokenmill.core.sequence import Sequence, SequenceGroup, SeqStatus
+from tokenmill.core.sequence import SeqStatus, Sequence, SequenceGroup
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.free_slots: list[int] = list(range(max_num_seqs - 1, -1, -1))
         self.used_cells = 0
+        self.num_preemptions = 0  # lifetime count, for stats and tests
         self._pending_clears: list[int] = []
 
     # -- queue management -------------------------------------------------------------------
@@ -106,7 +107,11 @@ class Scheduler:
         for seq in ordered:
             if budget == 0:
                 break
-            if seq.status is SeqStatus.RUNNING and not seq.awaiting_fork and seq.num_uncomputed == 1:
+            if (
+                seq.status is SeqStatus.RUNNING
+                and not seq.awaiting_fork
+                and seq.num_uncomputed == 1
+            ):
                 budget -= self._schedule_chunk(seq, budget, scheduled, out)
         # Then prompt chunks of sequences already admitted.
         for seq in ordered:
@@ -184,9 +189,7 @@ class Scheduler:
 
     # -- KV accounting and preemption -------------------------------------------------------
 
-    def _make_room(
-        self, n: int, seq: Sequence, scheduled: set[int], out: SchedulerOutput
-    ) -> bool:
+    def _make_room(self, n: int, seq: Sequence, scheduled: set[int], out: SchedulerOutput) -> bool:
         """Free ``n`` cells by preempting the newest unscheduled sequences, perhaps ``seq``."""
         while self.free_cells < n:
             victims = [
@@ -213,6 +216,7 @@ class Scheduler:
             child.awaiting_fork = True
         seq.num_computed = 0
         seq.num_preemptions += 1
+        self.num_preemptions += 1
         out.preempted.append(seq)
         self._enqueue(seq)
 

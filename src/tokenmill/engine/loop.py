@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tokenmill.core.scheduler import Scheduler, SchedulerOutput
-from tokenmill.core.sequence import FINISH_REASON, Sequence, SequenceGroup, SeqStatus
+from tokenmill.core.sequence import FINISH_REASON, SeqStatus, Sequence, SequenceGroup
 from tokenmill.engine.batch import build_batch
 from tokenmill.engine.detok import Detokenizer
 from tokenmill.engine.messages import ChoiceDelta, EngineRequest, PromptLogprob, RequestOutput
+from tokenmill.engine.prompt_logprobs import prompt_logprobs_rows
 from tokenmill.runner.base import KVCacheFull, ModelRunner
 from tokenmill.sampling.sampler import SamplerState, TokenLogprob, sample_batch
-from tokenmill.engine.prompt_logprobs import prompt_logprobs_rows
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,9 @@ class EngineLoop:
 
     def _add(self, req: EngineRequest, sink: Sink) -> None:
         params = req.params
-        group = SequenceGroup(req.request_id, len(req.prompt_token_ids), req.priority, time.monotonic())
+        group = SequenceGroup(
+            req.request_id, len(req.prompt_token_ids), req.priority, time.monotonic()
+        )
         for i in range(params.n):
             seq = Sequence(
                 seq_id=self._next_seq_id,
@@ -295,6 +297,8 @@ class EngineLoop:
         if live is None or live.prompt_logprobs is None or live.prompt_logprobs_sent:
             return
         k = live.request.params.prompt_logprobs or 0
-        live.prompt_logprobs.extend(prompt_logprobs_rows(rows, seq.token_ids, start, seq.prompt_len, k))
+        live.prompt_logprobs.extend(
+            prompt_logprobs_rows(rows, seq.token_ids, start, seq.prompt_len, k)
+        )
         if start + rows.shape[0] >= seq.prompt_len:
             seq.want_prompt_logprobs = False  # a recompute after preemption need not redo them

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import llama_cpp as L
 import numpy as np
@@ -45,9 +46,7 @@ def _init_backend() -> None:
 class LlamaRunner:
     """A GGUF model loaded in llama.cpp, decoding batches over ``n_seq_max`` KV slots."""
 
-    def __init__(
-        self, path: str, n_ctx: int, n_threads: int, n_seq_max: int, n_batch: int
-    ) -> None:
+    def __init__(self, path: str, n_ctx: int, n_threads: int, n_seq_max: int, n_batch: int) -> None:
         _init_backend()
         mparams = L.llama_model_default_params()
         mparams.n_gpu_layers = 0
@@ -147,7 +146,8 @@ class LlamaRunner:
         base = self._seq.ctypes.data
         i32p = ctypes.POINTER(ctypes.c_int32)
         self._seq_ptrs = (i32p * n)(*[ctypes.cast(base + 4 * i, i32p) for i in range(n)])
-        b = L.llama_batch()
+        # Typed as Any: llama-cpp-python declares these fields as arrays, we set pointers.
+        b: Any = L.llama_batch()
         b.token = self._tok.ctypes.data_as(i32p)
         b.embd = ctypes.POINTER(ctypes.c_float)()
         b.pos = self._pos.ctypes.data_as(i32p)

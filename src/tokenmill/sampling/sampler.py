@@ -75,7 +75,9 @@ def sample_batch(
     for i, logp in logp_rows.items():
         k = states[i].params.logprobs or 0
         tok = tokens[i]
-        logprobs[i] = TokenLogprob(tok, max(float(logp[tok]), LOGPROB_FLOOR), top_k_logprobs(logp, k))
+        logprobs[i] = TokenLogprob(
+            tok, max(float(logp[tok]), LOGPROB_FLOOR), top_k_logprobs(logp, k)
+        )
     return tokens, logprobs
 
 

@@ -129,9 +129,7 @@ async def _stream(
                     yield event(_chunk(meta, d.index, {"content": d.text}, logprobs=lp, **extra))
                     extra = {}
                 if d.finish_reason:
-                    yield event(
-                        _chunk(meta, d.index, {}, d.finish_reason, d.stop_reason, **extra)
-                    )
+                    yield event(_chunk(meta, d.index, {}, d.finish_reason, d.stop_reason, **extra))
                     extra = {}
         if meta.include_usage:
             yield event(

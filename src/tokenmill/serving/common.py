@@ -119,7 +119,9 @@ def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, flo
 def check_token_ids(ids: list[int], vocab_size: int, param: str) -> None:
     bad = [t for t in ids if not 0 <= t < vocab_size]
     if bad:
-        raise BadRequest(f"token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})", param)
+        raise BadRequest(
+            f"token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})", param
+        )
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:

@@ -60,6 +60,8 @@ class ChatTemplate:
                 **kwargs,
             )
         except TemplateRaised as e:
-            raise BadRequest(f"the model's chat template rejected the messages: {e}", "messages") from e
+            raise BadRequest(
+                f"the model's chat template rejected the messages: {e}", "messages"
+            ) from e
         except (TemplateError, TypeError, ValueError, KeyError) as e:
             raise BadRequest(f"could not render the chat template: {e}", "messages") from e

@@ -1,0 +1,94 @@
+"""Start the real ``tokenmill serve`` on the embedded model once per test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import openai
+import pytest
+
+API_KEY = "tm-test-key"
+MODEL = "smollm2-135m-instruct"
+ALIAS = "meta-llama/Meta-Llama-3.1-70B-Instruct"
+
+
+@dataclass
+class Server:
+    base_url: str  # ends in /v1
+    root: str
+    proc: subprocess.Popen[str]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(*extra: str, env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    cmd = [sys.executable, "-m", "tokenmill", "serve", "--port", str(port), *extra]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    deadline = time.time() + 120
+    assert proc.stdout is not None
+    lines = []
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("tokenmill ready"):
+            # Keep draining output so the server never blocks on a full pipe.
+            import threading
+
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            root = f"http://127.0.0.1:{port}"
+            return Server(f"{root}/v1", root, proc)
+    proc.kill()
+    raise RuntimeError("server did not start:\n" + "".join(lines))
+
+
+def stop_server(server: Server) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    s = start_server("--api-key", API_KEY, "--model-alias", ALIAS, "--max-num-seqs", "8")
+    yield s
+    stop_server(s)
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def aclient(server: Server) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=server.root, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120
+    ) as c:
+        yield c
