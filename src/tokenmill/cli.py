@@ -30,7 +30,9 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="accepted API key (repeatable; also TOKENMILL_API_KEYS)",
     )
     p.add_argument("--threads", type=int, default=0, help="compute threads (default: all cores)")
-    p.add_argument("--ctx-size", type=int, default=8192, help="KV cache cells for all sequences")
+    p.add_argument(
+        "--ctx-size", type=int, default=4096, help="context per sequence (prompt + completion)"
+    )
     p.add_argument("--max-num-seqs", type=int, default=8, help="sequences decoded together")
     p.add_argument("--max-batch-tokens", type=int, default=512, help="tokens per engine step")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)

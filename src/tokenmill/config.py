@@ -21,7 +21,7 @@ class ServeConfig:
     aliases: tuple[str, ...] = ()
     api_keys: tuple[str, ...] = ()
     threads: int = 0  # 0: all cores
-    ctx_size: int = 8192  # KV cells shared by all running sequences
+    ctx_size: int = 4096  # per sequence; the KV cache holds ctx_size * max_num_seqs cells
     max_num_seqs: int = 8
     max_batch_tokens: int = 512  # tokens per engine step (decodes + prompt chunks)
     max_body_bytes: int = 4 * 1024 * 1024

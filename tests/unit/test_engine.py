@@ -64,7 +64,7 @@ def test_batched_outputs_equal_outputs_alone() -> None:
 
 
 def test_preemption_and_recompute_give_identical_output() -> None:
-    h = Harness(n_ctx=60, budget=16)
+    h = Harness(kv_cells=60, budget=16)
     for i, p in enumerate(PROMPTS[:4]):
         h.submit(f"r{i}", p, max_tokens=12)
     h.run()

@@ -62,7 +62,7 @@ class EngineLoop:
     def __init__(self, runner: ModelRunner, max_num_seqs: int, max_batch_tokens: int) -> None:
         self.runner = runner
         self.info = runner.info
-        self.scheduler = Scheduler(max_num_seqs, runner.info.n_ctx, max_batch_tokens)
+        self.scheduler = Scheduler(max_num_seqs, runner.info.kv_cells, max_batch_tokens)
         self._inbox: queue.SimpleQueue[_Submit | _Abort | None] = queue.SimpleQueue()
         self._live: dict[str, _Live] = {}
         self._next_seq_id = 0

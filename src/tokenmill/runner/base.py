@@ -27,7 +27,8 @@ class ModelInfo:
     """Static facts about the loaded model, read once at start-up."""
 
     vocab_size: int
-    n_ctx: int  # KV cells shared by all sequences
+    n_ctx: int  # the longest prompt + completion of one sequence
+    kv_cells: int  # KV cells of all slots together
     n_ctx_train: int
     token_pieces: list[bytes]  # the bytes each token id renders to (empty for control tokens)
     eog_ids: frozenset[int]  # end of generation: EOS, end of turn, ...
@@ -59,7 +60,7 @@ class ModelRunner(Tokenizer, Protocol):
         """Drop all KV of a slot."""
 
     def fork(self, src: int, dst: int, n_tokens: int) -> None:
-        """Make the first ``n_tokens`` of ``src``'s KV visible to ``dst`` as well."""
+        """Give ``dst`` a copy of ``src``'s KV, which holds exactly ``n_tokens`` tokens."""
 
     def decode(self, batch: Batch) -> npt.NDArray[np.float32]:
         """Run the batch; return logits of the rows marked in ``want_logits``, in order.

@@ -25,10 +25,13 @@ def _pieces() -> list[bytes]:
 class FakeRunner:
     """Logits peak at a token derived from a hash of the slot's full history."""
 
-    def __init__(self, n_ctx: int = 512, eos_after: int | None = None) -> None:
+    def __init__(
+        self, n_ctx: int = 512, eos_after: int | None = None, kv_cells: int | None = None
+    ) -> None:
         self.info = ModelInfo(
             vocab_size=VOCAB,
             n_ctx=n_ctx,
+            kv_cells=kv_cells or n_ctx * 8,
             n_ctx_train=n_ctx,
             token_pieces=_pieces(),
             eog_ids=frozenset({EOS}),
@@ -50,7 +53,8 @@ class FakeRunner:
         self.kv.pop(slot, None)
 
     def fork(self, src: int, dst: int, n_tokens: int) -> None:
-        self.kv[dst] = list(self.kv[src][:n_tokens])
+        assert len(self.kv[src]) == n_tokens, "forks copy a stream holding just the prompt"
+        self.kv[dst] = list(self.kv[src])
 
     def cells_used(self) -> int:
         return sum(len(v) for v in self.kv.values())
@@ -58,7 +62,7 @@ class FakeRunner:
     def decode(self, batch: Batch) -> npt.NDArray[np.float32]:
         self.decode_calls += 1
         self.batch_sizes.append(len(batch))
-        if self.cells_used() + len(batch) > self.info.n_ctx * 2:
+        if self.cells_used() + len(batch) > self.info.kv_cells:
             raise KVCacheFull("fake KV full")
         rows = []
         for tok, pos, slot, want in zip(

@@ -1,9 +1,12 @@
 """The llama.cpp model runner: the only module that imports ``llama_cpp``.
 
-It drives llama.cpp's low-level API directly: one context, one unified KV pool shared by all
-sequences (each running sequence is a llama.cpp sequence id, "slot"), and one ``llama_decode``
-per engine step. The batch struct points at NumPy arrays we own, so filling it is a few
-vectorised copies rather than per-token ctypes calls.
+It drives llama.cpp's low-level API directly: one context, one ``llama_decode`` per engine
+step, and one KV stream per slot (each running sequence is a llama.cpp sequence id). Separate
+streams, rather than one unified pool, keep every sequence's cells laid out exactly as if it
+ran alone, so its logits are bit-identical whatever else shares the batch: with a shared pool,
+the interleaved layout changes rounding in attention and Q8 activation quantization amplifies
+it into different greedy outputs. The batch struct points at NumPy arrays we own, so filling
+it is a few vectorised copies rather than per-token ctypes calls.
 """
 
 from __future__ import annotations
@@ -55,13 +58,13 @@ class LlamaRunner:
             raise RuntimeError(f"llama.cpp could not load {path}")
         self._vocab = L.llama_model_get_vocab(self._model)
         cparams = L.llama_context_default_params()
-        cparams.n_ctx = n_ctx
+        cparams.n_ctx = n_ctx * n_seq_max  # llama.cpp splits this evenly across the streams
         cparams.n_batch = n_batch
         cparams.n_ubatch = min(n_batch, 512)
         cparams.n_seq_max = n_seq_max
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
-        cparams.kv_unified = True  # one pool: forks share cells, attention cost follows use
+        cparams.kv_unified = False  # one stream per slot: batch-invariant outputs (see above)
         cparams.no_perf = True
         self._ctx = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
@@ -69,9 +72,9 @@ class LlamaRunner:
         self._mem = L.llama_get_memory(self._ctx)
         self.n_batch = n_batch
         self._alloc_batch(n_batch)
-        self.info = self._read_info(path, L.llama_n_ctx(self._ctx))
+        self.info = self._read_info(path, L.llama_n_ctx_seq(self._ctx), n_seq_max)
         log.info(
-            "loaded %s: vocab %d, %d KV cells, %d slots, %d threads",
+            "loaded %s: vocab %d, context %d per sequence, %d slots, %d threads",
             Path(path).name,
             self.info.vocab_size,
             self.info.n_ctx,
@@ -81,7 +84,7 @@ class LlamaRunner:
 
     # -- model facts ------------------------------------------------------------------------
 
-    def _read_info(self, path: str, n_ctx: int) -> ModelInfo:
+    def _read_info(self, path: str, n_ctx: int, n_seq_max: int) -> ModelInfo:
         n_vocab = L.llama_vocab_n_tokens(self._vocab)
         pieces = [self._piece(t) for t in range(n_vocab)]
         special = {
@@ -96,6 +99,7 @@ class LlamaRunner:
         return ModelInfo(
             vocab_size=n_vocab,
             n_ctx=n_ctx,
+            kv_cells=n_ctx * n_seq_max,
             n_ctx_train=L.llama_model_n_ctx_train(self._model),
             token_pieces=pieces,
             eog_ids=eog,
@@ -132,8 +136,9 @@ class LlamaRunner:
         L.llama_memory_seq_rm(self._mem, slot, -1, -1)
 
     def fork(self, src: int, dst: int, n_tokens: int) -> None:
-        # In the unified pool this tags the cells with one more sequence id: no copy.
-        L.llama_memory_seq_cp(self._mem, src, dst, 0, n_tokens)
+        # Across streams llama.cpp copies whole streams only (it asserts otherwise); at fork
+        # time the leader's stream holds exactly the prompt, so that is the copy we want.
+        L.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
 
     # -- decoding ---------------------------------------------------------------------------
 
