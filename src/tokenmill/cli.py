@@ -76,10 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    from tokenmill.bench.main import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         from tokenmill.server import serve
 
         return serve(config_from_args(args))
+    if args.command == "bench":
+        from tokenmill.bench.main import run as run_bench
+
+        return run_bench(args)
     parser.print_help(sys.stderr)
     return 2

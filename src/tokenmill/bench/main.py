@@ -1,0 +1,150 @@
+"""``tokenmill bench``: load-test one server, or tokenmill against llama-server side by side."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tokenmill.bench import report
+from tokenmill.bench.runner import run_level
+from tokenmill.bench.servers import (
+    BENCH_KEY,
+    ServerSettings,
+    llama_server_cmd,
+    new_port,
+    running,
+    tokenmill_cmd,
+)
+from tokenmill.bench.workloads import WORKLOADS, make_requests
+
+DEFAULT_PEER = "benchmarks/.cache/llama-server"
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("bench", help="benchmark an OpenAI-compatible server (or compare two)")
+    p.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    p.add_argument("--api-key", default="none")
+    p.add_argument("--model", help="model name to send (default: the server's first model)")
+    p.add_argument("--workload", default="chat", help=f"comma list of {', '.join(WORKLOADS)}")
+    p.add_argument("--concurrency", default="1,4,16,32", help="comma list of levels")
+    p.add_argument("--requests", type=int, default=0, help="per level (default 4×c, min 16)")
+    p.add_argument("--duration", type=float, default=0, help="seconds per level (optional cap)")
+    p.add_argument("--max-tokens", type=int, default=0, help="default depends on the workload")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench-results")
+    p.add_argument("--compare", action="store_true", help="run tokenmill, then llama-server")
+    p.add_argument("--peer-binary", default=DEFAULT_PEER)
+    p.add_argument("--model-path", help="GGUF for --compare (default: the embedded model)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ctx-size", type=int, default=4096, help="per sequence, for --compare")
+    p.add_argument("--slots", type=int, default=8, help="parallel sequences, for --compare")
+
+
+def _levels(args: argparse.Namespace) -> list[int]:
+    return [int(x) for x in args.concurrency.split(",") if x.strip()]
+
+
+def _workloads(args: argparse.Namespace) -> list[str]:
+    names = [w.strip() for w in args.workload.split(",") if w.strip()]
+    for w in names:
+        if w not in WORKLOADS:
+            raise SystemExit(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
+    return names
+
+
+def bench_server(
+    base_url: str, api_key: str, model: str, args: argparse.Namespace, label: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Every workload at every concurrency level against one server."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for w in _workloads(args):
+        rows = []
+        # Warm-up: first requests pay for page faults and graph allocation.
+        warm = make_requests(w, model, 2, args.max_tokens or None, args.seed + 999)
+        asyncio.run(run_level(base_url, api_key, warm, 1, f"{label} warmup"))
+        for c in _levels(args):
+            n = args.requests or max(16, 4 * c)
+            reqs = make_requests(w, model, n, args.max_tokens or None, args.seed + c)
+            level = asyncio.run(
+                run_level(base_url, api_key, reqs, c, f"{label} {w}", args.duration or None)
+            )
+            rows.append(report.summarize(level))
+        out[w] = rows
+    return out
+
+
+def _first_model(base_url: str, api_key: str) -> str:
+    r = httpx.get(f"{base_url}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+    r.raise_for_status()
+    return str(r.json()["data"][0]["id"])
+
+
+def run(args: argparse.Namespace) -> int:
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    meta: dict[str, Any] = {
+        "command": "tokenmill "
+        + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": f"{platform.machine()}, {_cpu_count()} cores, {platform.platform()}",
+    }
+    if args.compare:
+        settings = _settings(args)
+        meta["settings"] = settings.__dict__
+        if not Path(args.peer_binary).exists():
+            raise SystemExit(
+                f"peer binary {args.peer_binary} not found: run benchmarks/build_llama_server.sh"
+            )
+        with running(tokenmill_cmd(settings, new_port()), "tokenmill") as url:
+            results["tokenmill"] = bench_server(url, BENCH_KEY, "bench-model", args, "tokenmill")
+        cmd = llama_server_cmd(args.peer_binary, settings, new_port())
+        with running(cmd, "llama-server") as url:
+            results["llama-server"] = bench_server(url, BENCH_KEY, "bench-model", args, "peer")
+    else:
+        model = args.model or _first_model(args.base_url, args.api_key)
+        results["server"] = bench_server(args.base_url, args.api_key, model, args, "server")
+    text = _render(results, meta)
+    print(text)
+    (out_dir / "results.md").write_text(text)
+    report.write_json(out_dir / "results.json", {"meta": meta, "results": results})
+    if report.plot(out_dir / "results.png", results):
+        print(f"\nwrote {out_dir}/results.md, results.json and results.png")
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> ServerSettings:
+    path = args.model_path
+    if not path:
+        from tokenmill.config import embedded_model_path
+
+        path = str(embedded_model_path())
+    return ServerSettings(path, args.threads, args.ctx_size, args.slots)
+
+
+def _render(results: dict[str, dict[str, list[dict[str, Any]]]], meta: dict[str, Any]) -> str:
+    parts = [f"`{meta['command']}` — {meta['time']} — {meta['machine']}"]
+    if "settings" in meta:
+        parts.append(f"settings: {meta['settings']}")
+    workloads = sorted({w for by_w in results.values() for w in by_w})
+    for w in workloads:
+        for server, by_w in results.items():
+            if w in by_w:
+                parts.append(f"\n### {w} — {server}\n\n{report.markdown_table(by_w[w])}")
+        if "tokenmill" in results and "llama-server" in results:
+            ratios = report.ratio_table(results["tokenmill"][w], results["llama-server"][w])
+            parts.append(f"\n### {w} — tokenmill / llama-server\n\n{ratios}")
+    return "\n".join(parts) + "\n"
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 0

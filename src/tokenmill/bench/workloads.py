@@ -1,0 +1,142 @@
+"""Benchmark workloads: prompts generated from a seed, nothing downloaded.
+
+Each workload yields request bodies for an OpenAI-compatible server. The words come from small
+lists shipped here, so the same seed gives the same prompts on any machine.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+_TOPICS = (
+    "photosynthesis", "the French revolution", "black holes", "compound interest", "volcanoes",
+    "the immune system", "machine learning", "the water cycle", "plate tectonics", "jazz",
+    "the printing press", "quantum computing", "honey bees", "the Roman empire", "electricity",
+    "climate change", "the stock market", "DNA replication", "the internet", "coral reefs",
+)  # fmt: skip
+_ASKS = (
+    "Explain {t} to a ten-year-old.", "Give three surprising facts about {t}.",
+    "Write a short poem about {t}.", "What are the main open questions about {t}?",
+    "Summarize the history of {t} in a few sentences.", "How would you teach {t} in one lesson?",
+)  # fmt: skip
+_WORDS = (
+    "system", "value", "order", "market", "process", "energy", "signal", "pattern", "model",
+    "record", "report", "network", "change", "result", "method", "factor", "policy", "region",
+    "source", "output", "memory", "budget", "growth", "object", "stream", "format", "sample",
+    "client", "server", "request", "cluster", "vector", "matrix", "series", "filter", "engine",
+)  # fmt: skip
+_CODE_NAMES = (
+    "parse", "load", "merge", "split", "render", "count", "fetch", "store", "sort", "scan",
+)  # fmt: skip
+_CODE_OBJECTS = (
+    "config", "rows", "tokens", "users", "events", "paths", "scores", "items", "lines", "edges",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """One request: the endpoint path and its JSON body (``stream`` is forced on)."""
+
+    path: str
+    body: dict[str, Any]
+
+
+def _chat(rng: random.Random, model: str, max_tokens: int) -> BenchRequest:
+    ask = rng.choice(_ASKS).format(t=rng.choice(_TOPICS))
+    return BenchRequest(
+        "/chat/completions",
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": ask}],
+            "max_tokens": max_tokens,
+            "temperature": 0.7,
+            "seed": rng.randrange(1 << 30),
+        },
+    )
+
+
+def _code_prompt(rng: random.Random) -> str:
+    name, obj = rng.choice(_CODE_NAMES), rng.choice(_CODE_OBJECTS)
+    arg = rng.choice(_CODE_OBJECTS)
+    return (
+        f"import json\nfrom pathlib import Path\n\n\ndef {name}_{obj}({arg}, limit=10):\n"
+        f'    """{name.capitalize()} the {obj} from {arg}, at most limit of them."""\n'
+        f"    result = []\n    for item in {arg}:\n"
+    )
+
+
+def _autocomplete(rng: random.Random, model: str, max_tokens: int) -> BenchRequest:
+    return BenchRequest(
+        "/completions",
+        {"model": model, "prompt": _code_prompt(rng), "max_tokens": max_tokens, "temperature": 0},
+    )
+
+
+def _notes(rng: random.Random, n_words: int) -> str:
+    sentences = []
+    words = 0
+    while words < n_words:
+        k = rng.randint(8, 16)
+        sentence = " ".join(rng.choice(_WORDS) for _ in range(k))
+        sentences.append(sentence.capitalize() + ".")
+        words += k
+    return " ".join(sentences)
+
+
+def _long_prompt(rng: random.Random, model: str, max_tokens: int) -> BenchRequest:
+    # ~1,000-1,500 words of notes: roughly 1-2k tokens with the usual BPE vocabularies.
+    notes = _notes(rng, rng.randint(1000, 1500))
+    return BenchRequest(
+        "/chat/completions",
+        {
+            "model": model,
+            "messages": [
+                {"role": "user", "content": f"Summarize these notes:\n\n{notes}"},
+            ],
+            "max_tokens": max_tokens,
+            "temperature": 0.7,
+            "seed": rng.randrange(1 << 30),
+        },
+    )
+
+
+_SHARED_SYSTEM: dict[int, str] = {}
+
+
+def _shared_prefix(rng: random.Random, model: str, max_tokens: int) -> BenchRequest:
+    # One long system prompt for every user (fixed per process), different questions.
+    system = _SHARED_SYSTEM.setdefault(
+        0, "You are the support assistant. Reference:\n" + _notes(random.Random(7), 900)
+    )
+    ask = rng.choice(_ASKS).format(t=rng.choice(_TOPICS))
+    return BenchRequest(
+        "/chat/completions",
+        {
+            "model": model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": ask}],
+            "max_tokens": max_tokens,
+            "temperature": 0.7,
+            "seed": rng.randrange(1 << 30),
+        },
+    )
+
+
+WORKLOADS: dict[str, Callable[[random.Random, str, int], BenchRequest]] = {
+    "chat": _chat,
+    "autocomplete": _autocomplete,
+    "long-prompt": _long_prompt,
+    "shared-prefix": _shared_prefix,
+}
+DEFAULT_MAX_TOKENS = {"chat": 64, "autocomplete": 24, "long-prompt": 64, "shared-prefix": 64}
+
+
+def make_requests(
+    workload: str, model: str, n: int, max_tokens: int | None, seed: int
+) -> list[BenchRequest]:
+    rng = random.Random(seed)
+    build = WORKLOADS[workload]
+    mt = max_tokens or DEFAULT_MAX_TOKENS[workload]
+    return [build(rng, model, mt) for _ in range(n)]
