@@ -81,8 +81,10 @@ def client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def aclient(server: Server) -> openai.AsyncOpenAI:
+    # Per test: each async test runs on its own event loop, and pooled connections of a
+    # closed loop cannot be reused.
     return openai.AsyncOpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120)
 
 

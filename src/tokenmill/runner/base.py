@@ -39,12 +39,20 @@ class ModelInfo:
     fingerprint: str  # stable per model file and tokenmill version
     special_texts: dict[int, str] = field(default_factory=dict)  # control tokens' own text
 
-    def token_text(self, token_id: int) -> str:
-        """The text of a single token, for logprobs: control tokens show their own name."""
+    def token_bytes(self, token_id: int) -> bytes:
+        """A token's bytes; control tokens render as their own name (``<|im_end|>``)."""
         piece = self.token_pieces[token_id]
         if not piece and token_id in self.special_texts:
-            return self.special_texts[token_id]
-        return piece.decode("utf-8", errors="replace")
+            return self.special_texts[token_id].encode()
+        return piece
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        """Text of a token sequence, specials included (for echoing token-id prompts)."""
+        return b"".join(self.token_bytes(t) for t in token_ids).decode("utf-8", "replace")
+
+    def token_text(self, token_id: int) -> str:
+        """The text of a single token, for logprobs: control tokens show their own name."""
+        return self.token_bytes(token_id).decode("utf-8", errors="replace")
 
 
 class Tokenizer(Protocol):

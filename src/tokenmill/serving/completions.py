@@ -53,8 +53,7 @@ def normalize_prompts(req: CompletionRequest, ctx: ServingContext) -> list[Promp
             prompts.append(Prompt(ids, item))
         else:
             check_token_ids(item, info.vocab_size, "prompt")
-            text = b"".join(info.token_pieces[t] for t in item).decode("utf-8", "replace")
-            prompts.append(Prompt(item, text))
+            prompts.append(Prompt(item, info.detokenize(item)))
     return prompts
 
 
@@ -141,23 +140,28 @@ class _Run:
             choices=body_choices, usage=usage(self.prompt_tokens, completion_tokens)
         )
 
-    def _logprobs(self, pi: int, lps: list[Any], first: bool) -> dict[str, Any] | None:
-        """Legacy logprobs; the echoed prompt's tokens lead the first message of a choice."""
+    def _logprobs(
+        self, pi: int, lps: list[Any], first: bool, offset: int | None = None
+    ) -> dict[str, Any] | None:
+        """Legacy logprobs; the echoed prompt's tokens lead the first message of a choice.
+
+        ``offset`` is where this message's text starts in the choice's whole text (streams
+        pass the length already sent); by default, the start of the completion.
+        """
         if self.req.logprobs is None:
             return None
         prompt = self.prompts[pi]
         echo = self.req.echo and first
+        if offset is None:
+            offset = 0 if self.req.echo else len(prompt.text)
         return legacy_logprobs(
-            self.prompt_lp[pi] if echo else None,
-            prompt.ids,
-            lps,
-            self.ctx.info,
-            text_offset_start=0 if self.req.echo else len(prompt.text),
+            self.prompt_lp[pi] if echo else None, prompt.ids, lps, self.ctx.info, offset
         )
 
     async def stream(self) -> AsyncIterator[str]:
         completion_tokens = 0
         started: set[int] = set()
+        sent: dict[int, int] = {}  # characters of each choice's text so far (for text_offset)
         try:
             async for pi, out in run_all(self.ctx.engine, self.ereqs):
                 self.prompt_lp[pi] = out.prompt_logprobs or self.prompt_lp[pi]
@@ -166,11 +170,15 @@ class _Run:
                     completion_tokens += len(d.token_ids)
                     first = idx not in started
                     started.add(idx)
-                    text = (self.prompts[pi].text if self.req.echo and first else "") + d.text
+                    echo = self.prompts[pi].text if self.req.echo and first else ""
+                    if first:
+                        sent[idx] = 0 if self.req.echo else len(self.prompts[pi].text)
+                    offset = sent[idx]
+                    sent[idx] += len(echo) + len(d.text)
                     choice: dict[str, Any] = {
                         "index": idx,
-                        "text": text,
-                        "logprobs": self._logprobs(pi, d.logprobs, first),
+                        "text": echo + d.text,
+                        "logprobs": self._logprobs(pi, d.logprobs, first, offset),
                         "finish_reason": d.finish_reason,
                     }
                     if d.finish_reason:

@@ -24,11 +24,10 @@ def chat_logprobs(lps: list[TokenLogprob], info: ModelInfo) -> dict[str, Any]:
 
 
 def _token_entry(token_id: int, logprob: float, info: ModelInfo) -> dict[str, Any]:
-    piece = info.token_pieces[token_id]
     return {
         "token": info.token_text(token_id),
         "logprob": logprob,
-        "bytes": list(piece) if piece else list(info.token_text(token_id).encode()),
+        "bytes": list(info.token_bytes(token_id)),
     }
 
 
@@ -62,7 +61,9 @@ def legacy_logprobs(
                 token_logprobs.append(plp.logprob)
                 top_logprobs.append(_top_dict(plp.token_id, plp.logprob, plp.top, info))
     for lp in lps:
-        text = info.token_text(lp.token_id)
+        # What the token added to the completion's text: generated control tokens add
+        # nothing, so ``tokens`` joins to the text and ``text_offset`` stays true.
+        text = info.token_pieces[lp.token_id].decode("utf-8", errors="replace")
         tokens.append(text)
         offsets.append(offset)
         offset += len(text)
