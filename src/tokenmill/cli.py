@@ -35,6 +35,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--max-num-seqs", type=int, default=8, help="sequences decoded together")
     p.add_argument("--max-batch-tokens", type=int, default=512, help="tokens per engine step")
+    p.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt in full")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     p.add_argument("--log-level", default="info")
 
@@ -68,6 +69,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_num_seqs=args.max_num_seqs,
         max_batch_tokens=args.max_batch_tokens,
         max_body_bytes=args.max_body_bytes,
+        prefix_cache=not args.no_prefix_cache,
         log_level=args.log_level,
     )
 

@@ -25,6 +25,7 @@ class ServeConfig:
     max_num_seqs: int = 8
     max_batch_tokens: int = 512  # tokens per engine step (decodes + prompt chunks)
     max_body_bytes: int = 4 * 1024 * 1024
+    prefix_cache: bool = True  # reuse KV of shared prompt prefixes
     log_level: str = "info"
 
     @property

@@ -218,15 +218,22 @@ def test_stop_string(client: openai.OpenAI, greedy_long: str) -> None:
 
 
 def test_stop_list_earliest_match_wins(client: openai.OpenAI, greedy_long: str) -> None:
-    stops = ["sparkling", "small", "zebra-not-there"]
-    assert "small" in greedy_long and "sparkling" in greedy_long, greedy_long
+    # Two words of the greedy answer, the later one listed first: the earlier one must win.
+    words = [w.strip(".,!?") for w in greedy_long.split()]
+    early = next(w for w in words[3:] if len(w) >= 4)
+    late = next(
+        w
+        for w in reversed(words)
+        if len(w) >= 4 and w not in greedy_long[: greedy_long.index(early) + len(early)]
+    )
+    stops = [late, early, "zebra-not-there"]
     r = chat(client, temperature=0, max_tokens=20, stop=stops)
     c = r.choices[0]
-    cut = greedy_long.index("small")
+    cut = greedy_long.index(early)
     assert c.message.content == greedy_long[:cut]
     assert not any(s in (c.message.content or "") for s in stops)
     assert c.finish_reason == "stop"
-    assert extra(c, "stop_reason") == "small"
+    assert extra(c, "stop_reason") == early
 
 
 def test_no_stop_means_no_stop_reason(client: openai.OpenAI) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tokenmill.core.scheduler import MIN_COPY_GAIN
 from tokenmill.engine.loop import EngineLoop
 from tokenmill.engine.messages import EngineRequest, RequestOutput
 from tokenmill.runner.fake import EOS, FakeRunner
@@ -97,9 +98,11 @@ def test_abort_frees_kv_and_others_continue() -> None:
     assert h.outputs["a"][-1].finished
     assert h.finish("a") == {0: "abort"}
     assert h.finish("b") == {0: "length"}
-    assert h.engine.scheduler.used_cells == 0
-    h.engine.step()  # the last clears are applied on the next step
-    assert h.runner.kv == {}
+    sched = h.engine.scheduler
+    assert sched.used_cells == 0 and len(sched.free_slots) == 8
+    # What stays in the KV is exactly what the scheduler believes it caches.
+    for slot, tokens in sched.slot_tokens.items():
+        assert h.runner.kv.get(slot, []) == tokens
 
 
 def test_stop_eos_and_length() -> None:
@@ -137,3 +140,24 @@ def test_prompt_logprobs_cover_the_prompt_in_chunks() -> None:
     assert plp is not None and len(plp) == len(prompt)
     assert plp[0] is None
     assert [e.token_id for e in plp[1:]] == prompt[1:]  # type: ignore[union-attr]
+
+
+def test_prefix_cache_changes_nothing_but_the_work_done() -> None:
+    system = [2 + (i * 7) % 60 for i in range(40)]
+    prompts = [[*system, 3 + i, 4 + i, 5 + i] for i in range(6)]
+
+    def run(cache: bool) -> tuple[list[dict[int, str]], list[int], int]:
+        h = Harness(budget=16)
+        h.engine.scheduler.prefix_cache = cache
+        for i, p in enumerate(prompts):
+            h.submit(f"r{i}", p, max_tokens=6)
+        h.run()
+        cached = [h.outputs[f"r{i}"][-1].num_cached_tokens for i in range(6)]
+        return [h.texts(f"r{i}") for i in range(6)], cached, sum(h.runner.batch_sizes)
+
+    with_cache, cached, work = run(True)
+    without, none_cached, work_without = run(False)
+    assert with_cache == without
+    assert none_cached == [0] * 6
+    assert cached[0] == 0 and all(40 - MIN_COPY_GAIN < c <= 40 for c in cached[1:])
+    assert work_without - work == sum(cached)  # every cached token is a token not computed

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from tokenmill.core.scheduler import Scheduler
+from tokenmill.core.scheduler import MIN_COPY_GAIN, Scheduler
 from tokenmill.core.sequence import SeqStatus, Sequence, SequenceGroup
 
 _ids = iter(range(10**6))
 
 
-def group(prompt_len: int, n: int = 1, priority: int = 0, arrival: float = 0.0) -> SequenceGroup:
-    g = SequenceGroup(f"r{next(_ids)}", prompt_len, priority, arrival)
+def group(
+    prompt_len: int,
+    n: int = 1,
+    priority: int = 0,
+    arrival: float = 0.0,
+    prefix: list[int] | None = None,
+) -> SequenceGroup:
+    """A request whose prompt is ``prefix`` followed by tokens no other request has."""
+    base = next(_ids) * 10_000
+    tokens = (prefix or []) + list(range(base, base + prompt_len - len(prefix or [])))
+    g = SequenceGroup(f"r{base}", len(tokens), priority, arrival)
     for i in range(n):
-        g.seqs.append(Sequence(next(_ids), i, g, list(range(prompt_len)), max_tokens=100))
+        g.seqs.append(Sequence(next(_ids), i, g, list(tokens), max_tokens=100))
     return g
 
 
@@ -38,9 +47,11 @@ def test_admits_up_to_max_num_seqs_and_next_joins_when_one_leaves() -> None:
     assert {ch.seq.group.request_id for ch in plan.chunks} == {a.request_id, b.request_id}
     assert c.seqs[0].status is SeqStatus.WAITING
     sample_all(s, plan)
+    a_slot = a.seqs[0].slot
     s.finish(a.seqs[0], SeqStatus.FINISHED_STOPPED)
     plan = s.schedule()
-    assert plan.clear_slots, "the finished sequence's KV must be cleared"
+    # c takes a's freed slot and drops its stale KV (no shared prefix here).
+    assert [(op.dst, op.keep, op.src) for op in plan.slot_ops] == [(a_slot, 0, None)]
     assert {ch.seq.group.request_id for ch in plan.chunks} == {b.request_id, c.request_id}
 
 
@@ -107,8 +118,9 @@ def test_kv_exhaustion_preempts_the_newest_and_it_resumes() -> None:
     s.finish(old.seqs[0], SeqStatus.FINISHED_STOPPED)
     plan = s.schedule()
     resumed = [c for c in plan.chunks if c.seq is new.seqs[0]]
-    assert resumed and resumed[0].start == 0  # recomputed from its tokens, output included
-    assert resumed[0].num_tokens == len(new.seqs[0].token_ids)
+    # Recomputed from its tokens, output included; its old slot still caches what it had.
+    assert resumed and resumed[0].start + resumed[0].num_tokens == len(new.seqs[0].token_ids)
+    assert [(op.keep, op.src) for op in plan.slot_ops] == [(resumed[0].start, None)]
 
 
 def test_priority_orders_admission_and_fcfs_within_a_priority() -> None:
@@ -136,3 +148,55 @@ def test_abort_of_waiting_and_running_frees_everything() -> None:
     s.finish_group(b, SeqStatus.FINISHED_ABORTED)
     s.finish_group(a, SeqStatus.FINISHED_ABORTED)
     assert not s.has_work and s.used_cells == 0 and len(s.free_slots) == 1
+
+
+def test_a_finished_prefix_is_reused_from_its_slot() -> None:
+    s = Scheduler(max_num_seqs=2, kv_cells=10_000, max_batch_tokens=512)
+    system = list(range(7, 107))  # a 100-token shared system prompt
+    first = group(120, prefix=system)
+    s.add(first)
+    sample_all(s, s.schedule())
+    s.finish(first.seqs[0], SeqStatus.FINISHED_STOPPED)
+    second = group(130, prefix=system)
+    s.add(second)
+    plan = s.schedule()
+    (chunk,) = plan.chunks
+    assert chunk.start == 100 and chunk.num_tokens == 30  # only the new part is computed
+    assert second.seqs[0].num_cached == 100
+    assert [(op.keep, op.src) for op in plan.slot_ops] == [(100, None)]
+
+
+def test_concurrent_requests_compute_a_shared_prefix_once() -> None:
+    s = Scheduler(max_num_seqs=4, kv_cells=10_000, max_batch_tokens=64)
+    system = list(range(7, 207))  # 200 tokens: several steps of prefill
+    a, b = group(210, prefix=system, arrival=1), group(215, prefix=system, arrival=2)
+    s.add(a)
+    s.add(b)
+    computed = 0
+    copied = []
+    for _ in range(20):
+        plan = s.schedule()
+        computed += sum(c.num_tokens for c in plan.chunks if c.seq.index == 0 and c.num_tokens > 1)
+        copied += [op for op in plan.slot_ops if op.src is not None]
+        sample_all(s, plan)
+        if b.seqs[0].num_output:
+            break
+    reused = b.seqs[0].num_cached
+    # b waited while a computed the prefix, then copied it (waiting for the last few tokens
+    # would not have been worth a step).
+    assert 200 - MIN_COPY_GAIN < reused <= 200
+    assert [(op.src, op.keep) for op in copied] == [(a.seqs[0].slot, reused)]
+    assert computed == 210 + 215 - reused
+
+
+def test_prompt_logprobs_bypass_the_cache() -> None:
+    s = Scheduler(max_num_seqs=1, kv_cells=10_000, max_batch_tokens=512)
+    first = group(50)
+    s.add(first)
+    sample_all(s, s.schedule())
+    s.finish(first.seqs[0], SeqStatus.FINISHED_STOPPED)
+    again = group(50, prefix=first.seqs[0].token_ids[:50])
+    again.seqs[0].want_prompt_logprobs = True
+    s.add(again)
+    plan = s.schedule()
+    assert plan.chunks[0].start == 0 and plan.slot_ops[0].keep == 0

@@ -6,6 +6,13 @@ sequences, then newly admitted ones: a long prompt is cut into chunks and never 
 others' streaming. Admission is FCFS within a priority and needs a free KV slot and room for the
 whole prompt; when decoding runs out of KV cells the newest, lowest-priority sequence is
 preempted and later recomputed from its tokens.
+
+Prefix cache: a slot keeps its KV after its sequence leaves, and remembers the tokens it holds.
+A new sequence takes the free slot sharing the longest prefix with it and computes only the
+rest; when another slot (free or running) holds a clearly longer prefix, that slot's KV is
+copied in first. A sequence whose prefix another one is still computing waits for it a step
+or two instead of computing the same tokens again. Free slots are reused least recently
+freed first, so the cache is LRU.
 """
 
 from __future__ import annotations
@@ -13,7 +20,12 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from tokenmill.core.prefix import common_prefix_len
 from tokenmill.core.sequence import SeqStatus, Sequence, SequenceGroup
+
+# Copying another slot's KV moves its whole stream; below this many reused tokens,
+# computing them is about as cheap.
+MIN_COPY_GAIN = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +39,21 @@ class ScheduledChunk:
     all_logits: bool  # logits for every position (prompt logprobs)
 
 
+@dataclass(frozen=True, slots=True)
+class SlotOp:
+    """Before the batch: optionally copy ``src``'s KV into ``dst``, then keep ``keep`` tokens."""
+
+    dst: int
+    keep: int
+    src: int | None = None
+
+
 @dataclass(slots=True)
 class SchedulerOutput:
-    """One step's plan, applied by the runner in order: clear, run chunks, then fork."""
+    """One step's plan, applied by the runner in order: slot ops, run chunks, then fork."""
 
     chunks: list[ScheduledChunk] = field(default_factory=list)
-    clear_slots: list[int] = field(default_factory=list)
+    slot_ops: list[SlotOp] = field(default_factory=list)
     # (leader, child): after this batch, copy the leader's prompt KV to the child, which then
     # samples its first token from the leader's last logits.
     forks: list[tuple[Sequence, Sequence]] = field(default_factory=list)
@@ -53,10 +74,11 @@ class Scheduler:
         self.max_batch_tokens = max_batch_tokens
         self.waiting: list[Sequence] = []  # sorted by Sequence.sort_key
         self.running: list[Sequence] = []
-        self.free_slots: list[int] = list(range(max_num_seqs - 1, -1, -1))
+        self.free_slots: list[int] = list(range(max_num_seqs))  # least recently freed first
+        self.slot_tokens: dict[int, list[int]] = {}  # what a free slot's KV holds
         self.used_cells = 0
         self.num_preemptions = 0  # lifetime count, for stats and tests
-        self._pending_clears: list[int] = []
+        self.prefix_cache = True
 
     # -- queue management -------------------------------------------------------------------
 
@@ -98,11 +120,12 @@ class Scheduler:
     # -- the step ---------------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput(clear_slots=self._pending_clears)
-        self._pending_clears = []
+        out = SchedulerOutput()
         budget = self.max_batch_tokens
         scheduled: set[int] = set()
         ordered = sorted(self.running, key=lambda s: s.sort_key)
+        # KV that exists before this batch runs: what later admissions may copy from.
+        stable = {s.slot: s.num_computed for s in ordered if s.slot is not None}
         # Decodes first: every streaming sequence advances one token per step.
         for seq in ordered:
             if budget == 0:
@@ -120,16 +143,14 @@ class Scheduler:
             if seq.status is SeqStatus.RUNNING and not seq.awaiting_fork and seq.num_uncomputed > 1:
                 budget -= self._schedule_chunk(seq, budget, scheduled, out)
         # Then admit new work with what is left.
-        while budget > 0 and self.waiting and self._admit(self.waiting[0]):
+        while budget > 0 and self.waiting and self._admit(self.waiting[0], stable, out):
             used = self._schedule_chunk(self.waiting.pop(0), budget, scheduled, out)
             if used == 0:  # it could not get KV cells after all: stop admitting this step
                 break
             budget -= used
-        out.clear_slots.extend(self._pending_clears)
-        self._pending_clears = []
         return out
 
-    def _admit(self, seq: Sequence) -> bool:
+    def _admit(self, seq: Sequence, stable: dict[int, int], out: SchedulerOutput) -> bool:
         children = self._fork_children(seq)
         if len(self.free_slots) < 1 + len(children):
             return False
@@ -137,11 +158,62 @@ class Scheduler:
         # engine takes it anyway since nothing else could make room.
         if self.running and self.free_cells < seq.num_uncomputed + len(children):
             return False
-        for s in (seq, *children):
-            s.slot = self.free_slots.pop()
-            s.status = SeqStatus.RUNNING
-            self.running.append(s)
+        # Prompt logprobs need logits at every prompt position, so nothing can be reused.
+        if self.prefix_cache and not seq.want_prompt_logprobs:
+            slot, keep, src = self._place(seq, stable)
+            if self._prefix_in_progress(seq, stable, keep):
+                return False
+        else:
+            slot, keep, src = self.free_slots[0], 0, None
+        self._take_slot(seq, slot)
+        out.slot_ops.append(SlotOp(slot, keep, src))
+        seq.num_computed = keep
+        self.used_cells += keep
+        if seq.num_preemptions == 0:
+            seq.num_cached = keep
+        for child in children:
+            # A fork overwrites the child's whole stream, so its old contents do not matter.
+            self._take_slot(child, self.free_slots[0])
         return True
+
+    def _take_slot(self, seq: Sequence, slot: int) -> None:
+        self.free_slots.remove(slot)
+        self.slot_tokens.pop(slot, None)
+        seq.slot = slot
+        seq.status = SeqStatus.RUNNING
+        self.running.append(seq)
+
+    def _place(self, seq: Sequence, stable: dict[int, int]) -> tuple[int, int, int | None]:
+        """Choose a slot for ``seq``: ``(slot, tokens of KV to keep, slot to copy from)``."""
+        tokens = seq.token_ids
+        limit = len(tokens) - 1  # at least one token is computed, for its logits
+        best_free, best_free_len = self.free_slots[0], 0
+        for slot in self.free_slots:
+            n = common_prefix_len(self.slot_tokens.get(slot, []), tokens, limit)
+            if n > best_free_len:
+                best_free, best_free_len = slot, n
+        best_src, best_src_len = None, 0
+        for other in self.running:
+            held = stable.get(other.slot) if other.slot is not None else None
+            if held:
+                n = common_prefix_len(other.token_ids, tokens, min(limit, held))
+                if n > best_src_len:
+                    best_src, best_src_len = other.slot, n
+        if best_src is not None and best_src_len >= best_free_len + MIN_COPY_GAIN:
+            return self.free_slots[0], best_src_len, best_src
+        return best_free, best_free_len, None
+
+    def _prefix_in_progress(self, seq: Sequence, stable: dict[int, int], have: int) -> bool:
+        """Is a running sequence still computing a prefix of ``seq`` clearly longer than the
+        ``have`` tokens available now? Then waiting a step or two beats computing it twice."""
+        limit = len(seq.token_ids) - 1
+        for other in self.running:
+            if other.awaiting_fork or other.slot is None:
+                continue
+            shared = common_prefix_len(other.token_ids, seq.token_ids, limit)
+            if shared >= have + MIN_COPY_GAIN and stable.get(other.slot, 0) < shared:
+                return True
+        return False
 
     def _schedule_chunk(
         self, seq: Sequence, budget: int, scheduled: set[int], out: SchedulerOutput
@@ -230,7 +302,8 @@ class Scheduler:
                 group.shared_cells = 0
             seq.shared_prefix = 0
         if seq.slot is not None:
-            self._pending_clears.append(seq.slot)
+            # The slot keeps its KV as a cache of these tokens until it is reused.
+            self.slot_tokens[seq.slot] = seq.token_ids[: seq.num_computed]
             self.free_slots.append(seq.slot)
             seq.slot = None
 

@@ -61,6 +61,7 @@ class Sequence:
     num_computed: int = 0  # leading tokens whose KV is in the cache
     shared_prefix: int = 0  # leading tokens whose cells belong to the group (after a fork)
     awaiting_fork: bool = False  # admitted, waiting for the leader's prompt KV
+    num_cached: int = 0  # prompt tokens reused from the prefix cache at first admission
     num_preemptions: int = 0
 
     @property

@@ -13,10 +13,16 @@ from tokenmill.runner.base import ModelRunner
 class AsyncEngine:
     """Wraps the engine thread; safe to use from any number of concurrent HTTP handlers."""
 
-    def __init__(self, runner: ModelRunner, max_num_seqs: int, max_batch_tokens: int) -> None:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        max_num_seqs: int,
+        max_batch_tokens: int,
+        prefix_cache: bool = True,
+    ) -> None:
         self.runner = runner
         self.info = runner.info
-        self.loop = EngineLoop(runner, max_num_seqs, max_batch_tokens)
+        self.loop = EngineLoop(runner, max_num_seqs, max_batch_tokens, prefix_cache)
 
     def start(self) -> None:
         self.loop.start()

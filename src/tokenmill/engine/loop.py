@@ -59,10 +59,17 @@ class _Abort:
 class EngineLoop:
     """Runs ``step()`` while there is work and sleeps on its inbox when there is none."""
 
-    def __init__(self, runner: ModelRunner, max_num_seqs: int, max_batch_tokens: int) -> None:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        max_num_seqs: int,
+        max_batch_tokens: int,
+        prefix_cache: bool = True,
+    ) -> None:
         self.runner = runner
         self.info = runner.info
         self.scheduler = Scheduler(max_num_seqs, runner.info.kv_cells, max_batch_tokens)
+        self.scheduler.prefix_cache = prefix_cache
         self._inbox: queue.SimpleQueue[_Submit | _Abort | None] = queue.SimpleQueue()
         self._live: dict[str, _Live] = {}
         self._next_seq_id = 0
@@ -101,8 +108,7 @@ class EngineLoop:
     def step(self) -> None:
         plan = self.scheduler.schedule()
         if not plan.chunks:
-            for slot in plan.clear_slots:
-                self.runner.clear(slot)
+            self._apply_slot_ops(plan)
             return
         logits = self._run(plan)
         if logits is not None:
@@ -178,25 +184,41 @@ class EngineLoop:
 
     # -- running a batch -------------------------------------------------------------------
 
+    def _apply_slot_ops(self, plan: SchedulerOutput) -> None:
+        for op in plan.slot_ops:
+            if op.src is not None:
+                self.runner.copy(op.src, op.dst)
+            self.runner.trim(op.dst, op.keep)
+
     def _run(self, plan: SchedulerOutput) -> np.ndarray | None:
-        for slot in plan.clear_slots:
-            self.runner.clear(slot)
+        self._apply_slot_ops(plan)
         batch = build_batch(plan.chunks)
         try:
             logits = self.runner.decode(batch)
         except KVCacheFull:
+            self._rewind(plan)
             self._recover_kv_full(plan)
             return None
         except Exception:
             log.exception("decode failed for %d sequences", len(plan.chunks))
+            self._rewind(plan)
             for live in {id(c.seq.group): self._live_of(c.seq) for c in plan.chunks}.values():
                 if live is not None:
                     self._fail(live, "the model failed to run this batch")
             return None
         for leader, child in plan.forks:
             assert leader.slot is not None and child.slot is not None
-            self.runner.fork(leader.slot, child.slot, leader.group.prompt_len)
+            self.runner.copy(leader.slot, child.slot)  # the leader's stream holds the prompt
         return logits
+
+    def _rewind(self, plan: SchedulerOutput) -> None:
+        """The batch did not (fully) run: its chunks are not in the KV, and the prefix cache
+        must not believe they are."""
+        for chunk in plan.chunks:
+            seq = chunk.seq
+            if seq.status is SeqStatus.RUNNING and seq.num_computed > chunk.start:
+                self.scheduler.used_cells -= seq.num_computed - chunk.start
+                seq.num_computed = chunk.start
 
     def _recover_kv_full(self, plan: SchedulerOutput) -> None:
         """llama.cpp found no room (fragmentation our count cannot see): recompute later.
@@ -283,6 +305,7 @@ class EngineLoop:
             sorted(live.outputs.values(), key=lambda d: d.index),
             live.group.prompt_len,
             finished=finished,
+            num_cached_tokens=live.group.seqs[0].num_cached,
         )
         live.outputs = {}
         if live.prompt_logprobs is not None and not live.prompt_logprobs_sent:

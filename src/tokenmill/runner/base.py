@@ -64,11 +64,11 @@ class ModelRunner(Tokenizer, Protocol):
 
     info: ModelInfo
 
-    def clear(self, slot: int) -> None:
-        """Drop all KV of a slot."""
+    def trim(self, slot: int, keep: int) -> None:
+        """Drop a slot's KV from position ``keep`` on (0 empties it)."""
 
-    def fork(self, src: int, dst: int, n_tokens: int) -> None:
-        """Give ``dst`` a copy of ``src``'s KV, which holds exactly ``n_tokens`` tokens."""
+    def copy(self, src: int, dst: int) -> None:
+        """Make ``dst``'s KV a copy of ``src``'s (applied before the next decode writes)."""
 
     def decode(self, batch: Batch) -> npt.NDArray[np.float32]:
         """Run the batch; return logits of the rows marked in ``want_logits``, in order.

@@ -1,7 +1,8 @@
 """A deterministic toy model for fast tests: the next token is a function of the whole history.
 
-Each slot keeps the token history its "KV" holds, so tests catch wrong positions, missing
-clears, bad forks and preemption bugs the same way a real model's output would change.
+Each slot is a KV stream of ``n_ctx`` cells, as in the llama.cpp runner, holding the token
+history; tests catch wrong positions, stale KV, bad copies and preemption bugs the same way a
+real model's output would change.
 """
 
 from __future__ import annotations
@@ -43,18 +44,20 @@ class FakeRunner:
         )
         self.eos_after = eos_after  # emit EOS once a slot holds this many tokens
         self.kv: dict[int, list[int]] = {}
+        self.copies = 0
         self.decode_calls = 0
         self.batch_sizes: list[int] = []
 
     def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
         return [_ALPHABET.index(ch) + 2 if ch in _ALPHABET else 2 for ch in text]
 
-    def clear(self, slot: int) -> None:
-        self.kv.pop(slot, None)
+    def trim(self, slot: int, keep: int) -> None:
+        hist = self.kv.get(slot, [])
+        del hist[keep:]
 
-    def fork(self, src: int, dst: int, n_tokens: int) -> None:
-        assert len(self.kv[src]) == n_tokens, "forks copy a stream holding just the prompt"
-        self.kv[dst] = list(self.kv[src])
+    def copy(self, src: int, dst: int) -> None:
+        self.kv[dst] = list(self.kv.get(src, []))
+        self.copies += 1
 
     def cells_used(self) -> int:
         return sum(len(v) for v in self.kv.values())
@@ -62,8 +65,6 @@ class FakeRunner:
     def decode(self, batch: Batch) -> npt.NDArray[np.float32]:
         self.decode_calls += 1
         self.batch_sizes.append(len(batch))
-        if self.cells_used() + len(batch) > self.info.kv_cells:
-            raise KVCacheFull("fake KV full")
         rows = []
         for tok, pos, slot, want in zip(
             batch.tokens.tolist(),
@@ -74,6 +75,8 @@ class FakeRunner:
         ):
             hist = self.kv.setdefault(slot, [])
             assert pos == len(hist), f"slot {slot}: position {pos} but KV holds {len(hist)}"
+            if pos >= self.info.n_ctx:
+                raise KVCacheFull(f"slot {slot} is full")
             hist.append(tok)
             if want:
                 rows.append(self._logits(hist))

@@ -5,8 +5,14 @@ step, and one KV stream per slot (each running sequence is a llama.cpp sequence 
 streams, rather than one unified pool, keep every sequence's cells laid out exactly as if it
 ran alone, so its logits are bit-identical whatever else shares the batch: with a shared pool,
 the interleaved layout changes rounding in attention and Q8 activation quantization amplifies
-it into different greedy outputs. The batch struct points at NumPy arrays we own, so filling
-it is a few vectorised copies rather than per-token ctypes calls.
+it into different greedy outputs. Flash attention is off for the same reason: its CPU kernel
+picks a tiled, a per-row or a split-KV path by the shape of each chunk, so a prompt computed
+in two chunks (prefix cache, chunked prefill) or a long context next to other sequences would
+round differently. Measured on the embedded model, the plain path costs about 1 ms per step
+at short contexts and is faster beyond ~500 tokens.
+
+The batch struct points at NumPy arrays we own, so filling it is a few vectorised copies
+rather than per-token ctypes calls.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class LlamaRunner:
         cparams.n_threads_batch = n_threads
         cparams.kv_unified = False  # one stream per slot: batch-invariant outputs (see above)
         cparams.no_perf = True
+        cparams.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED: see the module docstring
         self._ctx = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create a context")
@@ -132,12 +139,13 @@ class LlamaRunner:
 
     # -- KV slots ---------------------------------------------------------------------------
 
-    def clear(self, slot: int) -> None:
-        L.llama_memory_seq_rm(self._mem, slot, -1, -1)
+    def trim(self, slot: int, keep: int) -> None:
+        L.llama_memory_seq_rm(self._mem, slot, keep, -1)
 
-    def fork(self, src: int, dst: int, n_tokens: int) -> None:
-        # Across streams llama.cpp copies whole streams only (it asserts otherwise); at fork
-        # time the leader's stream holds exactly the prompt, so that is the copy we want.
+    def copy(self, src: int, dst: int) -> None:
+        # Across streams llama.cpp copies whole streams only (it asserts otherwise). The cell
+        # bookkeeping is copied now and the buffers at the start of the next decode, before
+        # that decode writes anything; callers trim the copy to the prefix they want.
         L.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
 
     # -- decoding ---------------------------------------------------------------------------
@@ -162,20 +170,46 @@ class LlamaRunner:
         self._batch = b
 
     def decode(self, batch: Batch) -> npt.NDArray[np.float32]:
+        """Run the batch as one ``llama_decode`` for all single-token sequences plus one per
+        sequence with several tokens (prompt chunks).
+
+        With one KV stream per sequence llama.cpp cuts a batch into ubatches holding the same
+        number of tokens per sequence; when prompt chunks of different lengths share a batch,
+        a prompt's tokens land in mixed ubatches and its logits change in the last bits
+        (measured: 0.36 on a logit, enough to flip greedy tokens). Decoding each prompt
+        chunk on its own keeps every sequence's results identical to a solo run.
+        """
         n = len(batch)
         if n > self.n_batch:
             raise ValueError(f"batch of {n} tokens exceeds n_batch {self.n_batch}")
-        self._tok[:n] = batch.tokens
-        self._pos[:n] = batch.positions
-        self._seq[:n] = batch.slots
-        self._out[:n] = batch.want_logits
+        slots, counts = np.unique(batch.slots, return_counts=True)
+        multi = slots[counts > 1]
+        if multi.size == 0 or (multi.size == 1 and counts.size == 1):
+            return self._decode(batch, np.arange(n))
+        want_rank = np.cumsum(batch.want_logits) - 1  # output row of each wanted token
+        out = np.empty((int(batch.want_logits.sum()), self.info.vocab_size), dtype=np.float32)
+        groups = [np.nonzero(~np.isin(batch.slots, multi))[0]]
+        groups += [np.nonzero(batch.slots == slot)[0] for slot in multi]
+        for idx in groups:
+            if idx.size:
+                rows = self._decode(batch, idx)
+                out[want_rank[idx[batch.want_logits[idx]]]] = rows
+        return out
+
+    def _decode(self, batch: Batch, idx: npt.NDArray[np.intp]) -> npt.NDArray[np.float32]:
+        n = int(idx.size)
+        want = batch.want_logits[idx]
+        self._tok[:n] = batch.tokens[idx]
+        self._pos[:n] = batch.positions[idx]
+        self._seq[:n] = batch.slots[idx]
+        self._out[:n] = want
         self._batch.n_tokens = n
         rc = L.llama_decode(self._ctx, self._batch)
         if rc == 1:
             raise KVCacheFull("llama.cpp found no KV slot for the batch")
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
-        n_out = int(np.count_nonzero(batch.want_logits))
+        n_out = int(np.count_nonzero(want))
         if n_out == 0:
             return np.zeros((0, self.info.vocab_size), dtype=np.float32)
         ptr = L.llama_get_logits(self._ctx)

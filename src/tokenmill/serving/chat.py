@@ -76,8 +76,10 @@ async def create_chat_completion(
 async def _full(ereq: EngineRequest, meta: ResponseMeta, ctx: ServingContext) -> dict[str, Any]:
     choices = [ChoiceState() for _ in range(ereq.params.n)]
     prompt_lp: list[PromptLogprob | None] | None = None
+    cached = 0
     async for _, out in run_all(ctx.engine, [ereq]):
         prompt_lp = out.prompt_logprobs or prompt_lp
+        cached = out.num_cached_tokens
         for d in out.deltas:
             c = choices[d.index]
             c.text.append(d.text)
@@ -103,7 +105,7 @@ async def _full(ereq: EngineRequest, meta: ResponseMeta, ctx: ServingContext) ->
             }
             for i, c in enumerate(choices)
         ],
-        usage=usage(len(ereq.prompt_token_ids), sum(c.num_tokens for c in choices)),
+        usage=usage(len(ereq.prompt_token_ids), sum(c.num_tokens for c in choices), cached),
     )
     if ereq.params.prompt_logprobs is not None:
         body["prompt_logprobs"] = prompt_logprobs_json(prompt_lp, ctx.info)
@@ -115,6 +117,7 @@ async def _stream(
 ) -> AsyncIterator[str]:
     want_lp = ereq.params.logprobs is not None
     completion_tokens = 0
+    cached = 0
     try:
         for i in range(ereq.params.n):
             yield event(_chunk(meta, i, {"role": "assistant", "content": ""}))
@@ -122,6 +125,7 @@ async def _stream(
             extra: dict[str, Any] = {}
             if out.prompt_logprobs is not None and ereq.params.prompt_logprobs is not None:
                 extra["prompt_logprobs"] = prompt_logprobs_json(out.prompt_logprobs, ctx.info)
+            cached = out.num_cached_tokens
             for d in out.deltas:
                 completion_tokens += len(d.token_ids)
                 if d.text or d.logprobs:
@@ -134,7 +138,8 @@ async def _stream(
         if meta.include_usage:
             yield event(
                 meta.envelope(
-                    choices=[], usage=usage(len(ereq.prompt_token_ids), completion_tokens)
+                    choices=[],
+                    usage=usage(len(ereq.prompt_token_ids), completion_tokens, cached),
                 )
             )
     except APIError as e:

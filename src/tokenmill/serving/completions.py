@@ -108,12 +108,14 @@ class _Run:
         self.req, self.ctx, self.meta, self.prompts, self.ereqs = req, ctx, meta, prompts, ereqs
         self.n = req.n or 1
         self.prompt_lp: list[list[PromptLogprob | None] | None] = [None] * len(prompts)
+        self.cached = [0] * len(prompts)
         self.prompt_tokens = sum(len(p.ids) for p in prompts)
 
     async def full(self) -> dict[str, Any]:
         choices = [ChoiceState() for _ in range(len(self.prompts) * self.n)]
         async for pi, out in run_all(self.ctx.engine, self.ereqs):
             self.prompt_lp[pi] = out.prompt_logprobs or self.prompt_lp[pi]
+            self.cached[pi] = out.num_cached_tokens
             for d in out.deltas:
                 c = choices[pi * self.n + d.index]
                 c.text.append(d.text)
@@ -137,7 +139,8 @@ class _Run:
             body_choices.append(choice)
         completion_tokens = sum(c.num_tokens for c in choices)
         return self.meta.envelope(
-            choices=body_choices, usage=usage(self.prompt_tokens, completion_tokens)
+            choices=body_choices,
+            usage=usage(self.prompt_tokens, completion_tokens, sum(self.cached)),
         )
 
     def _logprobs(
@@ -165,6 +168,7 @@ class _Run:
         try:
             async for pi, out in run_all(self.ctx.engine, self.ereqs):
                 self.prompt_lp[pi] = out.prompt_logprobs or self.prompt_lp[pi]
+                self.cached[pi] = out.num_cached_tokens
                 for d in out.deltas:
                     idx = pi * self.n + d.index
                     completion_tokens += len(d.token_ids)
@@ -191,7 +195,8 @@ class _Run:
             if self.meta.include_usage:
                 yield event(
                     self.meta.envelope(
-                        choices=[], usage=usage(self.prompt_tokens, completion_tokens)
+                        choices=[],
+                        usage=usage(self.prompt_tokens, completion_tokens, sum(self.cached)),
                     )
                 )
         except APIError as e:
