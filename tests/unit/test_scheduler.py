@@ -200,3 +200,21 @@ def test_prompt_logprobs_bypass_the_cache() -> None:
     s.add(again)
     plan = s.schedule()
     assert plan.chunks[0].start == 0 and plan.slot_ops[0].keep == 0
+
+
+def test_lowest_free_slot_is_taken_and_a_better_cache_copied_into_it() -> None:
+    s = Scheduler(max_num_seqs=3, kv_cells=10_000, max_batch_tokens=512)
+    system = list(range(7, 107))
+    a, b, c = group(5, arrival=1), group(120, prefix=system, arrival=2), group(5, arrival=3)
+    for g in (a, b, c):
+        s.add(g)
+    sample_all(s, s.schedule())
+    assert [g.seqs[0].slot for g in (a, b, c)] == [0, 1, 2]
+    s.finish(a.seqs[0], SeqStatus.FINISHED_STOPPED)
+    s.finish(b.seqs[0], SeqStatus.FINISHED_STOPPED)
+    d = group(130, prefix=system, arrival=4)
+    s.add(d)
+    plan = s.schedule()
+    # Slot 0 keeps the running batch compact; slot 1's cached system prompt is copied into it.
+    assert d.seqs[0].slot == 0
+    assert [(op.dst, op.keep, op.src) for op in plan.slot_ops] == [(0, 100, 1)]

@@ -11,8 +11,12 @@ Prefix cache: a slot keeps its KV after its sequence leaves, and remembers the t
 A new sequence takes the free slot sharing the longest prefix with it and computes only the
 rest; when another slot (free or running) holds a clearly longer prefix, that slot's KV is
 copied in first. A sequence whose prefix another one is still computing waits for it a step
-or two instead of computing the same tokens again. Free slots are reused least recently
-freed first, so the cache is LRU.
+or two instead of computing the same tokens again.
+
+A sequence always takes the lowest free slot, copying in a better cache held by another slot:
+llama.cpp decodes only consecutive sequence ids in one pass, so compact slots are much faster
+(measured, 4 sequences: 31 ms/step in slots 0-3, 50 ms in slots 0, 2, 5, 7). Caches in high
+free slots therefore live longest.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ class Scheduler:
         self.max_batch_tokens = max_batch_tokens
         self.waiting: list[Sequence] = []  # sorted by Sequence.sort_key
         self.running: list[Sequence] = []
-        self.free_slots: list[int] = list(range(max_num_seqs))  # least recently freed first
+        self.free_slots: list[int] = list(range(max_num_seqs))
         self.slot_tokens: dict[int, list[int]] = {}  # what a free slot's KV holds
         self.used_cells = 0
         self.num_preemptions = 0  # lifetime count, for stats and tests
@@ -164,7 +168,7 @@ class Scheduler:
             if self._prefix_in_progress(seq, stable, keep):
                 return False
         else:
-            slot, keep, src = self.free_slots[0], 0, None
+            slot, keep, src = min(self.free_slots), 0, None
         self._take_slot(seq, slot)
         out.slot_ops.append(SlotOp(slot, keep, src))
         seq.num_computed = keep
@@ -173,7 +177,7 @@ class Scheduler:
             seq.num_cached = keep
         for child in children:
             # A fork overwrites the child's whole stream, so its old contents do not matter.
-            self._take_slot(child, self.free_slots[0])
+            self._take_slot(child, min(self.free_slots))
         return True
 
     def _take_slot(self, seq: Sequence, slot: int) -> None:
@@ -184,24 +188,30 @@ class Scheduler:
         self.running.append(seq)
 
     def _place(self, seq: Sequence, stable: dict[int, int]) -> tuple[int, int, int | None]:
-        """Choose a slot for ``seq``: ``(slot, tokens of KV to keep, slot to copy from)``."""
+        """Choose a slot for ``seq``: ``(slot, tokens of KV to keep, slot to copy from)``.
+
+        The slot is the lowest free one; KV worth more than a copy is copied in from the free
+        or running slot sharing the longest prefix with ``seq``.
+        """
         tokens = seq.token_ids
         limit = len(tokens) - 1  # at least one token is computed, for its logits
-        best_free, best_free_len = self.free_slots[0], 0
+        dst = min(self.free_slots)
+        own = common_prefix_len(self.slot_tokens.get(dst, []), tokens, limit)
+        best_src, best_len = None, 0
         for slot in self.free_slots:
-            n = common_prefix_len(self.slot_tokens.get(slot, []), tokens, limit)
-            if n > best_free_len:
-                best_free, best_free_len = slot, n
-        best_src, best_src_len = None, 0
+            if slot != dst:
+                n = common_prefix_len(self.slot_tokens.get(slot, []), tokens, limit)
+                if n > best_len:
+                    best_src, best_len = slot, n
         for other in self.running:
             held = stable.get(other.slot) if other.slot is not None else None
             if held:
                 n = common_prefix_len(other.token_ids, tokens, min(limit, held))
-                if n > best_src_len:
-                    best_src, best_src_len = other.slot, n
-        if best_src is not None and best_src_len >= best_free_len + MIN_COPY_GAIN:
-            return self.free_slots[0], best_src_len, best_src
-        return best_free, best_free_len, None
+                if n > best_len:
+                    best_src, best_len = other.slot, n
+        if best_src is not None and best_len >= own + MIN_COPY_GAIN:
+            return dst, best_len, best_src
+        return dst, own, None
 
     def _prefix_in_progress(self, seq: Sequence, stable: dict[int, int], have: int) -> bool:
         """Is a running sequence still computing a prefix of ``seq`` clearly longer than the

@@ -184,12 +184,14 @@ class LlamaRunner:
             raise ValueError(f"batch of {n} tokens exceeds n_batch {self.n_batch}")
         slots, counts = np.unique(batch.slots, return_counts=True)
         multi = slots[counts > 1]
-        if multi.size == 0 or (multi.size == 1 and counts.size == 1):
-            return self._decode(batch, np.arange(n))
+        # llama.cpp puts only consecutive sequence ids into one ubatch: in slot order, the
+        # single-token sequences decode in one pass instead of one pass per gap (measured at
+        # batch 8: 55 ms/step in slot order, 92 ms in reverse order).
+        single = np.nonzero(~np.isin(batch.slots, multi))[0]
+        single = single[np.argsort(batch.slots[single], kind="stable")]
+        groups = [single] + [np.nonzero(batch.slots == slot)[0] for slot in multi]
         want_rank = np.cumsum(batch.want_logits) - 1  # output row of each wanted token
         out = np.empty((int(batch.want_logits.sum()), self.info.vocab_size), dtype=np.float32)
-        groups = [np.nonzero(~np.isin(batch.slots, multi))[0]]
-        groups += [np.nonzero(batch.slots == slot)[0] for slot in multi]
         for idx in groups:
             if idx.size:
                 rows = self._decode(batch, idx)

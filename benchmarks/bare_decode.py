@@ -1,0 +1,48 @@
+"""A bare llama_decode loop on tokenmill's runner settings: the ceiling for single-stream decode.
+
+Usage: .venv/bin/python benchmarks/bare_decode.py [--threads 2] [--steps 200]
+Prints ms/step and tokens/s for batch sizes 1 and 8 at a short context, with no HTTP, no
+scheduler and no sampling: compare with `tokenmill bench` inter-token latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from tokenmill.config import embedded_model_path
+from tokenmill.runner.base import Batch
+from tokenmill.runner.llama_cpp import LlamaRunner
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--context", type=int, default=64)
+    args = ap.parse_args()
+    runner = LlamaRunner(str(embedded_model_path()), 4096, args.threads, 8, 512)
+    rng = np.random.default_rng(0)
+    for nseq in (1, 8):
+        for s in range(8):
+            runner.trim(s, 0)
+        for s in range(nseq):
+            prompt = rng.integers(100, 40000, args.context).astype(np.int32)
+            want = np.zeros(args.context, dtype=np.bool_)
+            want[-1] = True
+            pos = np.arange(args.context, dtype=np.int32)
+            runner.decode(Batch(prompt, pos, np.full(args.context, s, np.int32), want))
+        tokens = np.full(nseq, 500, np.int32)
+        slots = np.arange(nseq, dtype=np.int32)
+        start = time.perf_counter()
+        for k in range(args.steps):
+            pos = np.full(nseq, args.context + k, np.int32)
+            runner.decode(Batch(tokens, pos, slots, np.ones(nseq, np.bool_)))
+        dt = (time.perf_counter() - start) / args.steps
+        print(f"batch {nseq}: {dt * 1000:.1f} ms/step, {nseq / dt:.0f} tokens/s")
+
+
+if __name__ == "__main__":
+    main()
