@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
@@ -15,13 +15,18 @@ from pydantic import BaseModel, ValidationError
 from tokenmill.api.auth import StaticKeys
 from tokenmill.api.errors import from_validation_error
 from tokenmill.protocol.errors import BadRequest
-from tokenmill.protocol.requests import ChatCompletionRequest, CompletionRequest
+from tokenmill.protocol.requests import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerationFields,
+)
 from tokenmill.serving.chat import create_chat_completion
 from tokenmill.serving.common import ServingContext
 from tokenmill.serving.completions import create_completion
 
 log = logging.getLogger("tokenmill.requests")
 M = TypeVar("M", bound=BaseModel)
+G = TypeVar("G", bound=GenerationFields)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -98,22 +103,26 @@ def make_router(ctx: ServingContext, keys: StaticKeys) -> APIRouter:
         keys.check(request)
         return ctx.models.card(ctx.models.resolve(model_id, param=None))
 
+    async def generate(
+        request: Request,
+        model: type[G],
+        kind: str,
+        create: Callable[[G, ServingContext], Awaitable[dict[str, Any] | AsyncIterator[str]]],
+    ) -> Response:
+        """Authenticate, validate, then stream, or answer unless the client leaves first."""
+        keys.check(request)
+        req = await parse_body(request, model)
+        log_request(request, kind, req.model)
+        if req.stream:
+            return respond(await create(req, ctx))
+        return respond(await until_disconnect(request, create(req, ctx)))
+
     @router.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        keys.check(request)
-        req = await parse_body(request, ChatCompletionRequest)
-        log_request(request, "chat", req.model)
-        if req.stream:
-            return respond(await create_chat_completion(req, ctx))
-        return respond(await until_disconnect(request, create_chat_completion(req, ctx)))
+        return await generate(request, ChatCompletionRequest, "chat", create_chat_completion)
 
     @router.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        keys.check(request)
-        req = await parse_body(request, CompletionRequest)
-        log_request(request, "completion", req.model)
-        if req.stream:
-            return respond(await create_completion(req, ctx))
-        return respond(await until_disconnect(request, create_completion(req, ctx)))
+        return await generate(request, CompletionRequest, "completion", create_completion)
 
     return router

@@ -81,12 +81,7 @@ async def _full(ereq: EngineRequest, meta: ResponseMeta, ctx: ServingContext) ->
         prompt_lp = out.prompt_logprobs or prompt_lp
         cached = out.num_cached_tokens
         for d in out.deltas:
-            c = choices[d.index]
-            c.text.append(d.text)
-            c.num_tokens += len(d.token_ids)
-            c.logprobs.extend(d.logprobs)
-            c.finish_reason = d.finish_reason or c.finish_reason
-            c.stop_reason = d.stop_reason if d.finish_reason else c.stop_reason
+            choices[d.index].add(d)
     want_lp = ereq.params.logprobs is not None
     body = meta.envelope(
         choices=[

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenmill.engine.front import AsyncEngine
-from tokenmill.engine.messages import EngineRequest, RequestOutput
+from tokenmill.engine.messages import ChoiceDelta, EngineRequest, RequestOutput
 from tokenmill.protocol.errors import APIError, BadRequest, ContextLengthExceeded
 from tokenmill.protocol.requests import GenerationFields
 from tokenmill.runner.base import ModelInfo
@@ -143,6 +143,14 @@ class ChoiceState:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+
+    def add(self, delta: ChoiceDelta) -> None:
+        """Fold in one engine step's output for this choice."""
+        self.text.append(delta.text)
+        self.num_tokens += len(delta.token_ids)
+        self.logprobs.extend(delta.logprobs)
+        if delta.finish_reason:
+            self.finish_reason, self.stop_reason = delta.finish_reason, delta.stop_reason
 
 
 async def run_all(

@@ -117,12 +117,7 @@ class _Run:
             self.prompt_lp[pi] = out.prompt_logprobs or self.prompt_lp[pi]
             self.cached[pi] = out.num_cached_tokens
             for d in out.deltas:
-                c = choices[pi * self.n + d.index]
-                c.text.append(d.text)
-                c.num_tokens += len(d.token_ids)
-                c.logprobs.extend(d.logprobs)
-                if d.finish_reason:
-                    c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason
+                choices[pi * self.n + d.index].add(d)
         body_choices = []
         for idx, c in enumerate(choices):
             pi = idx // self.n
