@@ -5,6 +5,7 @@ from __future__ import annotations
 from tokenmill.core.scheduler import MIN_COPY_GAIN
 from tokenmill.engine.loop import EngineLoop
 from tokenmill.engine.messages import EngineRequest, RequestOutput
+from tokenmill.runner.base import KVCacheFull
 from tokenmill.runner.fake import EOS, FakeRunner
 from tokenmill.sampling.params import SamplingParams
 
@@ -161,3 +162,22 @@ def test_prefix_cache_changes_nothing_but_the_work_done() -> None:
     assert none_cached == [0] * 6
     assert cached[0] == 0 and all(40 - MIN_COPY_GAIN < c <= 40 for c in cached[1:])
     assert work_without - work == sum(cached)  # every cached token is a token not computed
+
+
+def test_kv_full_on_a_fork_step_recomputes_leader_and_children() -> None:
+    h = Harness()
+    calls = {"n": 0}
+    decode = h.runner.decode
+
+    def flaky(batch):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:  # the step that completes the prompt and forks
+            raise KVCacheFull("simulated")
+        return decode(batch)
+
+    h.runner.decode = flaky  # type: ignore[method-assign]
+    h.submit("r", PROMPTS[2], n=3, max_tokens=8)
+    h.run()
+    texts = h.texts("r")
+    assert texts[0] == texts[1] == texts[2] == alone(PROMPTS[2], max_tokens=8)[0]
+    assert h.engine.scheduler.used_cells == 0

@@ -105,6 +105,13 @@ class Scheduler:
         seq.status = status
         seq.awaiting_fork = False
 
+    def forget(self, slots: list[int]) -> None:
+        """These slots' KV is not what their sequences believed (a batch failed): never reuse
+        it. Call after the sequences have been finished or preempted."""
+        for slot in slots:
+            if slot in self.slot_tokens:
+                self.slot_tokens[slot] = []
+
     def preempt(self, seq: Sequence) -> None:
         """Send a running sequence back to waiting; it is recomputed from its tokens later."""
         self._preempt(seq, SchedulerOutput())

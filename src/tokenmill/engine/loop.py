@@ -195,30 +195,22 @@ class EngineLoop:
         batch = build_batch(plan.chunks)
         try:
             logits = self.runner.decode(batch)
-        except KVCacheFull:
-            self._rewind(plan)
-            self._recover_kv_full(plan)
-            return None
-        except Exception:
-            log.exception("decode failed for %d sequences", len(plan.chunks))
-            self._rewind(plan)
-            for live in {id(c.seq.group): self._live_of(c.seq) for c in plan.chunks}.values():
-                if live is not None:
-                    self._fail(live, "the model failed to run this batch")
+        except Exception as e:
+            slots = [c.seq.slot for c in plan.chunks] + [child.slot for _, child in plan.forks]
+            if isinstance(e, KVCacheFull):
+                self._recover_kv_full(plan)
+            else:
+                log.exception("decode failed for %d sequences", len(plan.chunks))
+                for live in {id(c.seq.group): self._live_of(c.seq) for c in plan.chunks}.values():
+                    if live is not None:
+                        self._fail(live, "the model failed to run this batch")
+            # Part of the batch may or may not be in the KV: the prefix cache must not trust it.
+            self.scheduler.forget([s for s in slots if s is not None])
             return None
         for leader, child in plan.forks:
             assert leader.slot is not None and child.slot is not None
             self.runner.copy(leader.slot, child.slot)  # the leader's stream holds the prompt
         return logits
-
-    def _rewind(self, plan: SchedulerOutput) -> None:
-        """The batch did not (fully) run: its chunks are not in the KV, and the prefix cache
-        must not believe they are."""
-        for chunk in plan.chunks:
-            seq = chunk.seq
-            if seq.status is SeqStatus.RUNNING and seq.num_computed > chunk.start:
-                self.scheduler.used_cells -= seq.num_computed - chunk.start
-                seq.num_computed = chunk.start
 
     def _recover_kv_full(self, plan: SchedulerOutput) -> None:
         """llama.cpp found no room (fragmentation our count cannot see): recompute later.
@@ -226,9 +218,10 @@ class EngineLoop:
         The batch's sequences go back to waiting, and the cell budget shrinks a little so the
         scheduler stops planning batches the cache cannot hold.
         """
-        for chunk in plan.chunks:
-            if chunk.seq.status is SeqStatus.RUNNING:
-                self.scheduler.preempt(chunk.seq)
+        # Children forked from this batch never got their copy of the prompt: they go too.
+        for seq in [c.seq for c in plan.chunks] + [child for _, child in plan.forks]:
+            if seq.status is SeqStatus.RUNNING:
+                self.scheduler.preempt(seq)
         self.scheduler.kv_cells = max(self.scheduler.kv_cells * 15 // 16, 1)
         log.warning("KV cache full; usable cells now %d", self.scheduler.kv_cells)
 

@@ -59,9 +59,6 @@ class FakeRunner:
         self.kv[dst] = list(self.kv.get(src, []))
         self.copies += 1
 
-    def cells_used(self) -> int:
-        return sum(len(v) for v in self.kv.values())
-
     def decode(self, batch: Batch) -> npt.NDArray[np.float32]:
         self.decode_calls += 1
         self.batch_sizes.append(len(batch))
