@@ -218,3 +218,23 @@ def test_lowest_free_slot_is_taken_and_a_better_cache_copied_into_it() -> None:
     # Slot 0 keeps the running batch compact; slot 1's cached system prompt is copied into it.
     assert d.seqs[0].slot == 0
     assert [(op.dst, op.keep, op.src) for op in plan.slot_ops] == [(0, 100, 1)]
+
+
+def test_aging_lets_a_low_priority_request_through_a_stream_of_high_ones() -> None:
+    now = [0.0]
+    s = Scheduler(max_num_seqs=1, kv_cells=1000, max_batch_tokens=64, aging_seconds=1.0,
+                  clock=lambda: now[0])  # fmt: skip
+    low = group(2, priority=3, arrival=0.0)
+    s.add(low)
+    admitted = []
+    for t in range(8):
+        now[0] = float(t)
+        s.add(group(2, priority=0, arrival=float(t)))  # a new high-priority request every second
+        plan = s.schedule()
+        seq = plan.chunks[0].seq
+        admitted.append(seq.group.priority)
+        s.finish(seq, SeqStatus.FINISHED_STOPPED)
+    # At t=0..2 the fresh high-priority work goes first; by t=3 the low one has aged 3 levels and,
+    # being older, wins the tie (FCFS within an effective priority).
+    assert admitted[:3] == [0, 0, 0]
+    assert 3 in admitted[3:5]

@@ -21,7 +21,8 @@ free slots therefore live longest.
 
 from __future__ import annotations
 
-import bisect
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tokenmill.core.prefix import common_prefix_len
@@ -71,12 +72,23 @@ class SchedulerOutput:
 class Scheduler:
     """Owns the waiting queue, the running set, KV slots and the count of used KV cells."""
 
-    def __init__(self, max_num_seqs: int, kv_cells: int, max_batch_tokens: int) -> None:
+    def __init__(
+        self,
+        max_num_seqs: int,
+        kv_cells: int,
+        max_batch_tokens: int,
+        aging_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_batch_tokens < max_num_seqs:
             raise ValueError("the step budget must fit one decode token per running sequence")
         self.kv_cells = kv_cells
         self.max_batch_tokens = max_batch_tokens
-        self.waiting: list[Sequence] = []  # sorted by Sequence.sort_key
+        self.waiting: list[Sequence] = []  # admission order: see _admission_key
+        # A waiting request gains one priority level per aging_seconds, so a steady stream of
+        # higher-priority work delays lower priorities but never starves them.
+        self.aging_seconds = aging_seconds
+        self.clock = clock
         self.running: list[Sequence] = []
         self.free_slots: list[int] = list(range(max_num_seqs))
         self.slot_tokens: dict[int, list[int]] = {}  # what a free slot's KV holds
@@ -153,7 +165,9 @@ class Scheduler:
                 break
             if seq.status is SeqStatus.RUNNING and not seq.awaiting_fork and seq.num_uncomputed > 1:
                 budget -= self._schedule_chunk(seq, budget, scheduled, out)
-        # Then admit new work with what is left.
+        # Then admit new work with what is left, best effective priority first.
+        now = self.clock()
+        self.waiting.sort(key=lambda s: self._admission_key(s, now))
         while budget > 0 and self.waiting and self._admit(self.waiting[0], stable, out):
             used = self._schedule_chunk(self.waiting.pop(0), budget, scheduled, out)
             if used == 0:  # it could not get KV cells after all: stop admitting this step
@@ -324,6 +338,11 @@ class Scheduler:
             self.free_slots.append(seq.slot)
             seq.slot = None
 
+    def _admission_key(self, seq: Sequence, now: float) -> tuple[int, float, int]:
+        group = seq.group
+        aged = int(max(now - group.arrival, 0.0) / self.aging_seconds)
+        return (group.priority - aged, group.arrival, seq.seq_id)
+
     def _enqueue(self, seq: Sequence) -> None:
         seq.status = SeqStatus.WAITING
-        bisect.insort(self.waiting, seq, key=lambda s: s.sort_key)
+        self.waiting.append(seq)  # ordered at the next admission
