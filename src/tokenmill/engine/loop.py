@@ -231,8 +231,7 @@ class EngineLoop:
     # -- after the batch ---------------------------------------------------------------------
 
     def _postprocess(self, plan: SchedulerOutput, logits: np.ndarray) -> None:
-        rows: list[int] = []
-        seqs: list[Sequence] = []
+        picks: list[tuple[Sequence, int]] = []  # (sequence, logits row it samples from)
         row = 0
         leader_row: dict[int, int] = {}
         for chunk in plan.chunks:
@@ -240,26 +239,19 @@ class EngineLoop:
             if chunk.all_logits:
                 self._collect_prompt_logprobs(chunk.seq, chunk.start, logits[row : row + n_rows])
             if chunk.sample:
-                rows.append(row + n_rows - 1)
-                seqs.append(chunk.seq)
                 leader_row[chunk.seq.seq_id] = row + n_rows - 1
+                picks.append((chunk.seq, row + n_rows - 1))
             row += n_rows
-        for leader, child in plan.forks:
-            rows.append(leader_row[leader.seq_id])
-            seqs.append(child)
-        live_of = [self._live_of(s) for s in seqs]
-        states = [lv.samplers[s.index] for s, lv in zip(seqs, live_of, strict=True) if lv]
-        seqs = [s for s, lv in zip(seqs, live_of, strict=True) if lv]
-        rows = [r for r, lv in zip(rows, live_of, strict=True) if lv]
-        if not seqs:
+        # Forked children sample their first token from their leader's last prompt logits.
+        picks += [(child, leader_row[leader.seq_id]) for leader, child in plan.forks]
+        if not picks:
             return
-        tokens, lps = sample_batch(logits[rows], states)
-        touched: dict[str, _Live] = {}
-        for seq, tok, lp in zip(seqs, tokens, lps, strict=True):
-            live = self._live[seq.group.request_id]
+        lives = [self._live[seq.group.request_id] for seq, _ in picks]
+        states = [live.samplers[seq.index] for (seq, _), live in zip(picks, lives, strict=True)]
+        tokens, lps = sample_batch(logits[[r for _, r in picks]], states)
+        for (seq, _), live, tok, lp in zip(picks, lives, tokens, lps, strict=True):
             self._advance(live, seq, tok, lp)
-            touched[live.request.request_id] = live
-        for live in touched.values():
+        for live in {id(live): live for live in lives}.values():
             self._emit(live)
 
     def _advance(self, live: _Live, seq: Sequence, tok: int, lp: TokenLogprob | None) -> None:
