@@ -258,16 +258,17 @@ async def test_client_timeout_frees_sequence(one_slot_server: Server) -> None:
         "logit_bias": NO_EOS,
     }
 
-    def abandon() -> None:
+    def abandon(path: str, payload: dict[str, object]) -> None:
+        """Send a long request and give up on it after half a second."""
         with (
             httpx.Client(
                 base_url=root, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=0.5
             ) as c,
             pytest.raises(httpx.TimeoutException),
         ):
-            c.post("/v1/chat/completions", json=body)
+            c.post(path, json=payload)
 
-    await asyncio.to_thread(abandon)
+    await asyncio.to_thread(abandon, "/v1/chat/completions", body)
     start = time.monotonic()
     texts = await short_requests(root, 1, timeout=FREED_WITHIN)
     assert texts and texts[0]
@@ -275,15 +276,6 @@ async def test_client_timeout_frees_sequence(one_slot_server: Server) -> None:
     # And once more with a legacy completion.
     comp = {"model": MODEL, "prompt": LONG_STORY, "max_tokens": LONG, "logit_bias": NO_EOS}
 
-    def abandon_completion() -> None:
-        with (
-            httpx.Client(
-                base_url=root, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=0.5
-            ) as c,
-            pytest.raises(httpx.TimeoutException),
-        ):
-            c.post("/v1/completions", json=comp)
-
-    await asyncio.to_thread(abandon_completion)
+    await asyncio.to_thread(abandon, "/v1/completions", comp)
     texts = await short_requests(root, 1, timeout=FREED_WITHIN)
     assert texts and texts[0]
