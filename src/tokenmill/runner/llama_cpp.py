@@ -9,7 +9,12 @@ it into different greedy outputs. Flash attention is off for the same reason: it
 picks a tiled, a per-row or a split-KV path by the shape of each chunk, so a prompt computed
 in two chunks (prefix cache, chunked prefill) or a long context next to other sequences would
 round differently. Measured on the embedded model, the plain path costs about 1 ms per step
-at short contexts and is faster beyond ~500 tokens.
+at short contexts and is faster beyond ~500 tokens. The last source of batch dependence is
+llamafile's tinyBLAS, which takes over a sequence's attention matmuls once it has two or more
+tokens in the step: one token decoded alone and the same token inside a chunk would round
+differently (0.3-1.5 on a logit). We build llama.cpp without it (see the Makefile), and then
+a sequence's logits are bit-identical whether its tokens come one per step, in prompt chunks
+of any size, or as speculative drafts, next to anything else in the batch.
 
 The batch struct points at NumPy arrays we own, so filling it is a few vectorised copies
 rather than per-token ctypes calls.
@@ -52,11 +57,23 @@ def _init_backend() -> None:
         _backend_ready = True
 
 
+def llamafile_enabled() -> bool:
+    """Was llama.cpp built with llamafile's tinyBLAS? Then a sequence's attention uses one
+    kernel for a single token and another for several, and logits depend on batching."""
+    info: bytes = L.llama_print_system_info()
+    return b"LLAMAFILE = 1" in info
+
+
 class LlamaRunner:
     """A GGUF model loaded in llama.cpp, decoding batches over ``n_seq_max`` KV slots."""
 
     def __init__(self, path: str, n_ctx: int, n_threads: int, n_seq_max: int, n_batch: int) -> None:
         _init_backend()
+        if llamafile_enabled():
+            log.warning(
+                "llama.cpp was built with GGML_LLAMAFILE=ON: outputs may change with batching "
+                "and speculation (rebuild with CMAKE_ARGS=-DGGML_LLAMAFILE=OFF; see Makefile)"
+            )
         mparams = L.llama_model_default_params()
         mparams.n_gpu_layers = 0
         self._model = L.llama_model_load_from_file(path.encode(), mparams)
@@ -170,32 +187,21 @@ class LlamaRunner:
         self._batch = b
 
     def decode(self, batch: Batch) -> npt.NDArray[np.float32]:
-        """Run the batch as one ``llama_decode`` for all single-token sequences plus one per
-        sequence with several tokens (prompt chunks).
+        """Run the whole batch in one ``llama_decode``, ordered by slot.
 
-        With one KV stream per sequence llama.cpp cuts a batch into ubatches holding the same
-        number of tokens per sequence; when prompt chunks of different lengths share a batch,
-        a prompt's tokens land in mixed ubatches and its logits change in the last bits
-        (measured: 0.36 on a logit, enough to flip greedy tokens). Decoding each prompt
-        chunk on its own keeps every sequence's results identical to a solo run.
+        llama.cpp puts only consecutive sequence ids into one ubatch: in slot order, the
+        sequences decode in one pass instead of one pass per gap (measured at batch 8:
+        55 ms/step in slot order, 92 ms in reverse order).
         """
         n = len(batch)
         if n > self.n_batch:
             raise ValueError(f"batch of {n} tokens exceeds n_batch {self.n_batch}")
-        slots, counts = np.unique(batch.slots, return_counts=True)
-        multi = slots[counts > 1]
-        # llama.cpp puts only consecutive sequence ids into one ubatch: in slot order, the
-        # single-token sequences decode in one pass instead of one pass per gap (measured at
-        # batch 8: 55 ms/step in slot order, 92 ms in reverse order).
-        single = np.nonzero(~np.isin(batch.slots, multi))[0]
-        single = single[np.argsort(batch.slots[single], kind="stable")]
-        groups = [single] + [np.nonzero(batch.slots == slot)[0] for slot in multi]
+        order = np.argsort(batch.slots, kind="stable")  # stable: each sequence stays in order
+        rows = self._decode(batch, order)
+        # Rows come back in slot order; put them back in the order the batch asked for them.
         want_rank = np.cumsum(batch.want_logits) - 1  # output row of each wanted token
-        out = np.empty((int(batch.want_logits.sum()), self.info.vocab_size), dtype=np.float32)
-        for idx in groups:
-            if idx.size:
-                rows = self._decode(batch, idx)
-                out[want_rank[idx[batch.want_logits[idx]]]] = rows
+        out = np.empty_like(rows)
+        out[want_rank[order[batch.want_logits[order]]]] = rows
         return out
 
     def _decode(self, batch: Batch, idx: npt.NDArray[np.intp]) -> npt.NDArray[np.float32]:
