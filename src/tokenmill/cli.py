@@ -36,6 +36,18 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--max-num-seqs", type=int, default=8, help="sequences decoded together")
     p.add_argument("--max-batch-tokens", type=int, default=512, help="tokens per engine step")
     p.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt in full")
+    p.add_argument(
+        "--spec-tokens",
+        type=int,
+        default=0,
+        help="speculative decoding by prompt lookup: draft up to N tokens per step (0: off)",
+    )
+    p.add_argument(
+        "--spec-max-seqs",
+        type=int,
+        default=1,
+        help="speculate only while at most this many sequences are decoding",
+    )
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     p.add_argument("--log-level", default="info")
 
@@ -54,6 +66,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         ("--max-num-seqs", args.max_num_seqs, 1),
         ("--max-batch-tokens", args.max_batch_tokens, args.max_num_seqs),
         ("--max-body-bytes", args.max_body_bytes, 1024),
+        ("--spec-tokens", args.spec_tokens, 0),
+        ("--spec-max-seqs", args.spec_max_seqs, 1),
     ):
         if value < low:
             raise SystemExit(f"tokenmill: {name} must be at least {low}")
@@ -70,6 +84,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_batch_tokens=args.max_batch_tokens,
         max_body_bytes=args.max_body_bytes,
         prefix_cache=not args.no_prefix_cache,
+        spec_tokens=args.spec_tokens,
+        spec_max_seqs=args.spec_max_seqs,
         log_level=args.log_level,
     )
 

@@ -34,7 +34,14 @@ def build_context(config: ServeConfig) -> ServingContext:
         bos_token=info.special_texts.get(info.bos_id, "") if info.bos_id is not None else "",
         eos_token=info.special_texts.get(info.eos_id, "") if info.eos_id is not None else "",
     )
-    engine = AsyncEngine(runner, config.max_num_seqs, config.max_batch_tokens, config.prefix_cache)
+    engine = AsyncEngine(
+        runner,
+        config.max_num_seqs,
+        config.max_batch_tokens,
+        config.prefix_cache,
+        config.spec_tokens,
+        config.spec_max_seqs,
+    )
     models = ModelRegistry(config.model_id, config.aliases)
     return ServingContext(engine, models, template, config.max_num_seqs)
 

@@ -12,10 +12,22 @@ from tokenmill.sampling.params import SamplingParams
 
 class Harness:
     def __init__(
-        self, n_ctx: int = 512, max_num_seqs: int = 8, budget: int = 64, **kw: int
+        self,
+        n_ctx: int = 512,
+        max_num_seqs: int = 8,
+        budget: int = 64,
+        spec_tokens: int = 0,
+        spec_max_seqs: int = 1,
+        **kw: int,
     ) -> None:
         self.runner = FakeRunner(n_ctx=n_ctx, **kw)
-        self.engine = EngineLoop(self.runner, max_num_seqs, budget)
+        self.engine = EngineLoop(
+            self.runner,
+            max_num_seqs,
+            budget,
+            spec_tokens=spec_tokens,
+            spec_max_seqs=spec_max_seqs,
+        )
         self.outputs: dict[str, list[RequestOutput]] = {}
 
     def submit(self, rid: str, prompt: list[int], **params: object) -> None:
@@ -181,3 +193,63 @@ def test_kv_full_on_a_fork_step_recomputes_leader_and_children() -> None:
     texts = h.texts("r")
     assert texts[0] == texts[1] == texts[2] == alone(PROMPTS[2], max_tokens=8)[0]
     assert h.engine.scheduler.used_cells == 0
+
+
+# -- speculative decoding (prompt lookup) ---------------------------------------------------
+
+REPEATING = [[2 + (i * 3 + j) % 9 for j in range(20 + 5 * i)] for i in range(4)]
+SPEC_CASES: list[dict[str, object]] = [
+    {"temperature": 0.0},
+    {"temperature": 0.9, "seed": 7},
+    {"temperature": 0.0, "repetition_penalty": 1.3, "presence_penalty": 0.5},
+    {"temperature": 0.8, "seed": 3, "top_p": 0.9, "n": 3},
+    {"temperature": 0.0, "logprobs": 2, "stop": ["ab"]},
+]
+
+
+def _run_all(spec_tokens: int, spec_max_seqs: int, budget: int, params: dict[str, object]):
+    h = Harness(
+        budget=budget, spec_tokens=spec_tokens, spec_max_seqs=spec_max_seqs, repeat_period=6
+    )
+    for i, p in enumerate(REPEATING):
+        h.submit(f"r{i}", p, **{"max_tokens": 40, **params})
+    h.run()
+    got = {}
+    for i in range(len(REPEATING)):
+        rid = f"r{i}"
+        lps = [
+            (lp.token_id, round(lp.logprob, 5))
+            for o in h.outputs[rid]
+            for d in o.deltas
+            for lp in d.logprobs
+        ]
+        got[rid] = (h.texts(rid), h.finish(rid), lps)
+    return got, h
+
+
+def test_speculation_changes_only_the_number_of_steps() -> None:
+    for params in SPEC_CASES:
+        plain, h0 = _run_all(0, 1, 64, params)
+        for max_seqs, budget in ((1, 64), (8, 64), (8, 9)):
+            spec, h = _run_all(4, max_seqs, budget, params)
+            assert spec == plain, (params, max_seqs, budget)
+            assert h.engine.scheduler.used_cells == 0
+            if max_seqs == 8:  # all four requests speculate together
+                assert h.engine.spec_accepted > 0, params
+                assert h.engine.spec_accepted < h.engine.spec_proposed, params  # some rejected
+            if budget == 64 and max_seqs == 8 and params is SPEC_CASES[0]:
+                assert h.engine.steps < h0.engine.steps
+
+
+def test_speculation_stops_exactly_at_max_tokens() -> None:
+    prompt = [2 + j % 6 for j in range(30)]
+    for max_tokens in (1, 2, 3, 5, 9):
+        h0 = Harness(repeat_period=6)
+        h0.submit("x", prompt, max_tokens=max_tokens)
+        h0.run()
+        h = Harness(spec_tokens=6, repeat_period=6)
+        h.submit("x", prompt, max_tokens=max_tokens)
+        h.run()
+        assert h.texts("x") == h0.texts("x")
+        assert h.outputs["x"][-1].deltas[-1].finish_reason == "length"
+        assert sum(len(d.token_ids) for o in h.outputs["x"] for d in o.deltas) == max_tokens

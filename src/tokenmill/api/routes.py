@@ -93,6 +93,16 @@ def make_router(ctx: ServingContext, keys: StaticKeys) -> APIRouter:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    @router.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        """Engine counters in Prometheus' text format."""
+        keys.check(request)
+        lines = [
+            f"# TYPE tokenmill_{name}_total counter\ntokenmill_{name}_total {value}"
+            for name, value in ctx.engine.stats().items()
+        ]
+        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
     @router.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
         keys.check(request)

@@ -42,6 +42,14 @@ class ScheduledChunk:
     num_tokens: int
     sample: bool  # the chunk reaches the last known token: sample the next one
     all_logits: bool  # logits for every position (prompt logprobs)
+    num_draft: int = 0  # speculative tokens (``seq.draft``) after the last known token
+
+    @property
+    def num_rows(self) -> int:
+        """Logits rows this chunk produces."""
+        if self.all_logits:
+            return self.num_tokens
+        return 1 + self.num_draft if self.sample else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +103,9 @@ class Scheduler:
         self.used_cells = 0
         self.num_preemptions = 0  # lifetime count, for stats and tests
         self.prefix_cache = True
+        # Verifying drafts makes a sequence a multi-token chunk, which llama.cpp cannot fuse
+        # with other decodes: speculate only while this few sequences are decoding.
+        self.spec_max_seqs = 1
 
     # -- queue management -------------------------------------------------------------------
 
@@ -124,6 +135,14 @@ class Scheduler:
             if slot in self.slot_tokens:
                 self.slot_tokens[slot] = []
 
+    def settle_draft(self, seq: Sequence, accepted: int) -> None:
+        """After verification: the model agreed with the first ``accepted`` draft tokens;
+        the cells of the rest are given back (the runner trims them from the KV)."""
+        rejected = len(seq.draft) - accepted
+        seq.num_computed -= rejected
+        self.used_cells -= rejected
+        seq.draft = []
+
     def preempt(self, seq: Sequence) -> None:
         """Send a running sequence back to waiting; it is recomputed from its tokens later."""
         self._preempt(seq, SchedulerOutput())
@@ -150,15 +169,18 @@ class Scheduler:
         # KV that exists before this batch runs: what later admissions may copy from.
         stable = {s.slot: s.num_computed for s in ordered if s.slot is not None}
         # Decodes first: every streaming sequence advances one token per step.
-        for seq in ordered:
+        decoding = [s for s in ordered if not s.awaiting_fork and s.num_uncomputed == 1]
+        speculate = len(decoding) <= self.spec_max_seqs
+        for i, seq in enumerate(decoding):
             if budget == 0:
                 break
-            if (
-                seq.status is SeqStatus.RUNNING
-                and not seq.awaiting_fork
-                and seq.num_uncomputed == 1
-            ):
-                budget -= self._schedule_chunk(seq, budget, scheduled, out)
+            if seq.status is not SeqStatus.RUNNING:  # preempted to make room for an earlier one
+                continue
+            later = len(decoding) - i - 1  # each later decode keeps one token and one cell
+            k = min(len(seq.draft), budget - 1 - later, self.free_cells - 1 - later)
+            budget -= self._schedule_chunk(
+                seq, budget, scheduled, out, draft=k if speculate and k > 0 else 0
+            )
         # Then prompt chunks of sequences already admitted.
         for seq in ordered:
             if budget == 0:
@@ -247,23 +269,32 @@ class Scheduler:
         return False
 
     def _schedule_chunk(
-        self, seq: Sequence, budget: int, scheduled: set[int], out: SchedulerOutput
+        self,
+        seq: Sequence,
+        budget: int,
+        scheduled: set[int],
+        out: SchedulerOutput,
+        draft: int = 0,
     ) -> int:
-        """Put the next chunk of ``seq`` in the batch; return the tokens used (0 if preempted)."""
+        """Put the next chunk of ``seq`` (plus ``draft`` speculative tokens) in the batch;
+        return the tokens used (0 if preempted)."""
         n = min(seq.num_uncomputed, budget)
-        if not self._make_room(n, seq, scheduled, out):
+        if not self._make_room(n + draft, seq, scheduled, out):
             return 0
         start = seq.num_computed
         done = start + n == len(seq.token_ids)
+        del seq.draft[draft:]
         out.chunks.append(
             ScheduledChunk(
                 seq=seq,
                 start=start,
-                num_tokens=n,
+                num_tokens=n + draft,
                 sample=done,
                 all_logits=seq.want_prompt_logprobs and start < seq.prompt_len,
+                num_draft=draft,
             )
         )
+        n += draft
         seq.num_computed += n
         self.used_cells += n
         scheduled.add(seq.seq_id)

@@ -63,6 +63,9 @@ class Sequence:
     awaiting_fork: bool = False  # admitted, waiting for the leader's prompt KV
     num_cached: int = 0  # prompt tokens reused from the prefix cache at first admission
     num_preemptions: int = 0
+    # Speculative tokens proposed for the next step (the engine sets them, the scheduler may
+    # cut them to fit); they are not part of ``token_ids`` until the model agrees.
+    draft: list[int] = field(default_factory=list)
 
     @property
     def prompt_len(self) -> int:

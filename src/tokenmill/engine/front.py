@@ -19,13 +19,27 @@ class AsyncEngine:
         max_num_seqs: int,
         max_batch_tokens: int,
         prefix_cache: bool = True,
+        spec_tokens: int = 0,
+        spec_max_seqs: int = 1,
     ) -> None:
         self.runner = runner
         self.info = runner.info
-        self.loop = EngineLoop(runner, max_num_seqs, max_batch_tokens, prefix_cache)
+        self.loop = EngineLoop(
+            runner, max_num_seqs, max_batch_tokens, prefix_cache, spec_tokens, spec_max_seqs
+        )
 
     def start(self) -> None:
         self.loop.start()
+
+    def stats(self) -> dict[str, int]:
+        """Lifetime counters, read without locking (each is one int the engine replaces)."""
+        loop = self.loop
+        return {
+            "engine_steps": loop.steps,
+            "preemptions": loop.scheduler.num_preemptions,
+            "spec_draft_tokens": loop.spec_proposed,
+            "spec_accepted_tokens": loop.spec_accepted,
+        }
 
     def stop(self) -> None:
         self.loop.stop()

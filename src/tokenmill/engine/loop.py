@@ -19,6 +19,7 @@ import numpy as np
 
 from tokenmill.core.scheduler import Scheduler, SchedulerOutput
 from tokenmill.core.sequence import FINISH_REASON, SeqStatus, Sequence, SequenceGroup
+from tokenmill.core.spec import NgramIndex
 from tokenmill.engine.batch import build_batch
 from tokenmill.engine.detok import Detokenizer
 from tokenmill.engine.messages import ChoiceDelta, EngineRequest, PromptLogprob, RequestOutput
@@ -43,6 +44,17 @@ class _Live:
     prompt_logprobs: list[PromptLogprob | None] | None = None
     prompt_logprobs_sent: bool = False
     outputs: dict[int, ChoiceDelta] = field(default_factory=dict)
+    ngrams: list[NgramIndex] = field(default_factory=list)  # per choice, for speculation
+
+
+@dataclass(frozen=True, slots=True)
+class _Pick:
+    """A sequence that samples this step: from logits ``row``, then, while the model agrees
+    with ``draft``, from the rows after it."""
+
+    seq: Sequence
+    row: int
+    draft: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +77,16 @@ class EngineLoop:
         max_num_seqs: int,
         max_batch_tokens: int,
         prefix_cache: bool = True,
+        spec_tokens: int = 0,
+        spec_max_seqs: int = 1,
     ) -> None:
         self.runner = runner
         self.info = runner.info
         self.scheduler = Scheduler(max_num_seqs, runner.info.kv_cells, max_batch_tokens)
         self.scheduler.prefix_cache = prefix_cache
+        self.scheduler.spec_max_seqs = spec_max_seqs
+        self.spec_tokens = spec_tokens  # draft length for prompt-lookup speculation; 0: off
+        self.spec_proposed = self.spec_accepted = 0  # lifetime draft tokens, for stats
         self._inbox: queue.SimpleQueue[_Submit | _Abort | None] = queue.SimpleQueue()
         self._live: dict[str, _Live] = {}
         self._next_seq_id = 0
@@ -106,6 +123,8 @@ class EngineLoop:
                         self._fail(live, "internal engine error")
 
     def step(self) -> None:
+        if self.spec_tokens:
+            self._propose_drafts()
         plan = self.scheduler.schedule()
         if not plan.chunks:
             self._apply_slot_ops(plan)
@@ -156,6 +175,8 @@ class EngineLoop:
             detoks=[Detokenizer(self.info.token_pieces, params.stop) for _ in range(params.n)],
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
         )
+        if self.spec_tokens:
+            live.ngrams = [NgramIndex(req.prompt_token_ids) for _ in range(params.n)]
         if req.request_id in self._live or not req.prompt_token_ids:
             self._send(live, RequestOutput(req.request_id, [], 0, True, error="invalid request"))
             return
@@ -230,34 +251,102 @@ class EngineLoop:
 
     # -- after the batch ---------------------------------------------------------------------
 
+    def _propose_drafts(self) -> None:
+        """Give each decoding sequence its prompt-lookup draft for the next step."""
+        for seq in self.scheduler.running:
+            seq.draft = []
+            if seq.num_output == 0 or seq.num_uncomputed != 1 or seq.awaiting_fork:
+                continue
+            live = self._live_of(seq)
+            room = min(
+                self.spec_tokens,
+                seq.max_tokens - seq.num_output - 1,
+                self.info.n_ctx - len(seq.token_ids) - 1,
+            )
+            if live is not None and live.ngrams and room > 0:
+                seq.draft = live.ngrams[seq.index].propose(room)
+
     def _postprocess(self, plan: SchedulerOutput, logits: np.ndarray) -> None:
-        picks: list[tuple[Sequence, int]] = []  # (sequence, logits row it samples from)
+        picks: list[_Pick] = []
         row = 0
         leader_row: dict[int, int] = {}
         for chunk in plan.chunks:
-            n_rows = chunk.num_tokens if chunk.all_logits else int(chunk.sample)
+            n_rows = chunk.num_rows
             if chunk.all_logits:
                 self._collect_prompt_logprobs(chunk.seq, chunk.start, logits[row : row + n_rows])
             if chunk.sample:
-                leader_row[chunk.seq.seq_id] = row + n_rows - 1
-                picks.append((chunk.seq, row + n_rows - 1))
+                first = row + n_rows - 1 - chunk.num_draft
+                leader_row[chunk.seq.seq_id] = first
+                picks.append(_Pick(chunk.seq, first, tuple(chunk.seq.draft)))
             row += n_rows
         # Forked children sample their first token from their leader's last prompt logits.
-        picks += [(child, leader_row[leader.seq_id]) for leader, child in plan.forks]
+        picks += [_Pick(child, leader_row[leader.seq_id]) for leader, child in plan.forks]
         if not picks:
             return
-        lives = [self._live[seq.group.request_id] for seq, _ in picks]
-        states = [live.samplers[seq.index] for (seq, _), live in zip(picks, lives, strict=True)]
-        tokens, lps = sample_batch(logits[[r for _, r in picks]], states)
-        for (seq, _), live, tok, lp in zip(picks, lives, tokens, lps, strict=True):
-            self._advance(live, seq, tok, lp)
+        lives = [self._live[p.seq.group.request_id] for p in picks]
+        states = [live.samplers[p.seq.index] for p, live in zip(picks, lives, strict=True)]
+        verified = self._verify(logits, picks, states)
+        for pick, live, sampled in zip(picks, lives, verified, strict=True):
+            seq = pick.seq
+            if pick.draft:
+                self._settle_draft(seq, len(sampled) - 1)
+            for j, (tok, lp) in enumerate(sampled):
+                # _verify already observed every token but the last.
+                self._advance(live, seq, tok, lp, observed=j < len(sampled) - 1)
+                if seq.status.finished:
+                    break
         for live in {id(live): live for live in lives}.values():
             self._emit(live)
 
-    def _advance(self, live: _Live, seq: Sequence, tok: int, lp: TokenLogprob | None) -> None:
+    def _verify(
+        self, logits: np.ndarray, picks: list[_Pick], states: list[SamplerState]
+    ) -> list[list[tuple[int, TokenLogprob | None]]]:
+        """Sample each pick's token; where it equals the next draft token, that draft token
+        is now real, so sample again from the row after it, and so on.
+
+        Every token is sampled from the same distribution, with the same random draws, as
+        without speculation: the draft only decides how many rows are at hand.
+        """
+        tokens, lps = sample_batch(logits[[p.row for p in picks]], states)
+        out = [[(tok, lp)] for tok, lp in zip(tokens, lps, strict=True)]
+        agreeing = [i for i, p in enumerate(picks) if p.draft and tokens[i] == p.draft[0]]
+        r = 1
+        while agreeing:
+            for i in agreeing:
+                states[i].observe(out[i][-1][0])
+            rows = logits[[picks[i].row + r for i in agreeing]]
+            tokens, lps = sample_batch(rows, [states[i] for i in agreeing])
+            still = []
+            for i, tok, lp in zip(agreeing, tokens, lps, strict=True):
+                out[i].append((tok, lp))
+                if r < len(picks[i].draft) and tok == picks[i].draft[r]:
+                    still.append(i)
+            agreeing, r = still, r + 1
+        return out
+
+    def _settle_draft(self, seq: Sequence, accepted: int) -> None:
+        """Keep the KV of the draft tokens the model agreed with; drop the rest."""
+        proposed = len(seq.draft)
+        self.spec_proposed += proposed
+        self.spec_accepted += accepted
+        self.scheduler.settle_draft(seq, accepted)
+        if accepted < proposed and seq.slot is not None:
+            self.runner.trim(seq.slot, seq.num_computed)
+
+    def _advance(
+        self,
+        live: _Live,
+        seq: Sequence,
+        tok: int,
+        lp: TokenLogprob | None,
+        observed: bool = False,
+    ) -> None:
         """Append a sampled token and decide whether the sequence is done."""
         seq.token_ids.append(tok)
-        live.samplers[seq.index].observe(tok)
+        if not observed:
+            live.samplers[seq.index].observe(tok)
+        if live.ngrams:
+            live.ngrams[seq.index].extend([tok])
         delta = live.outputs.setdefault(seq.index, ChoiceDelta(seq.index))
         delta.token_ids.append(tok)
         detok = live.detoks[seq.index]

@@ -27,7 +27,11 @@ class FakeRunner:
     """Logits peak at a token derived from a hash of the slot's full history."""
 
     def __init__(
-        self, n_ctx: int = 512, eos_after: int | None = None, kv_cells: int | None = None
+        self,
+        n_ctx: int = 512,
+        eos_after: int | None = None,
+        kv_cells: int | None = None,
+        repeat_period: int | None = None,
     ) -> None:
         self.info = ModelInfo(
             vocab_size=VOCAB,
@@ -43,6 +47,9 @@ class FakeRunner:
             fingerprint="fp_fake",
         )
         self.eos_after = eos_after  # emit EOS once a slot holds this many tokens
+        # Mostly repeat the token ``repeat_period`` back (text that copies its context, where
+        # prompt-lookup drafts pay off), with a hash-chosen token now and then.
+        self.repeat_period = repeat_period
         self.kv: dict[int, list[int]] = {}
         self.copies = 0
         self.decode_calls = 0
@@ -80,10 +87,13 @@ class FakeRunner:
         return np.asarray(rows, dtype=np.float32).reshape(len(rows), VOCAB)
 
     def _logits(self, hist: list[int]) -> list[float]:
+        h = zlib.crc32(bytes(t % 256 for t in hist))
         if self.eos_after is not None and len(hist) >= self.eos_after:
             peak = EOS
+        elif self.repeat_period and len(hist) >= self.repeat_period and h % 5:
+            peak = hist[-self.repeat_period]
         else:
-            peak = 2 + zlib.crc32(bytes(t % 256 for t in hist)) % (VOCAB - 2)
+            peak = 2 + h % (VOCAB - 2)
         logits = [float((i * 7 + len(hist)) % 5) * 0.1 for i in range(VOCAB)]
         logits[peak] = 5.0
         return logits
