@@ -14,6 +14,7 @@ from tokenmill.engine.front import AsyncEngine
 from tokenmill.serving.common import ServingContext
 from tokenmill.serving.models import ModelRegistry
 from tokenmill.serving.template import ChatTemplate
+from tokenmill.structured import GrammarCompiler, make_tokenizer
 
 log = logging.getLogger("tokenmill")
 
@@ -43,7 +44,10 @@ def build_context(config: ServeConfig) -> ServingContext:
         config.spec_max_seqs,
     )
     models = ModelRegistry(config.model_id, config.aliases)
-    return ServingContext(engine, models, template, config.max_num_seqs)
+    # llguidance tokenizes grammar literals the way the model does.
+    tokenizer = make_tokenizer(info, lambda s: runner.tokenize(s, False, False))
+    grammars = GrammarCompiler(tokenizer)
+    return ServingContext(engine, models, template, config.max_num_seqs, grammars)
 
 
 def serve(config: ServeConfig) -> int:

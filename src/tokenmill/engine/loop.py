@@ -25,7 +25,8 @@ from tokenmill.engine.detok import Detokenizer
 from tokenmill.engine.messages import ChoiceDelta, EngineRequest, PromptLogprob, RequestOutput
 from tokenmill.engine.prompt_logprobs import prompt_logprobs_rows
 from tokenmill.runner.base import KVCacheFull, ModelRunner
-from tokenmill.sampling.sampler import SamplerState, TokenLogprob, sample_batch
+from tokenmill.sampling.sampler import FloatArray, SamplerState, TokenLogprob, sample_batch
+from tokenmill.structured.matcher import Matcher, apply_masks
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class _Live:
     prompt_logprobs_sent: bool = False
     outputs: dict[int, ChoiceDelta] = field(default_factory=dict)
     ngrams: list[NgramIndex] = field(default_factory=list)  # per choice, for speculation
+    matchers: list[Matcher] = field(default_factory=list)  # per choice, when constrained
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +177,9 @@ class EngineLoop:
             detoks=[Detokenizer(self.info.token_pieces, params.stop) for _ in range(params.n)],
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
         )
-        if self.spec_tokens:
+        if req.grammar is not None:
+            live.matchers = [req.grammar.matcher() for _ in range(params.n)]
+        elif self.spec_tokens:  # a grammar's masks are per position: no drafts under one
             live.ngrams = [NgramIndex(req.prompt_token_ids) for _ in range(params.n)]
         if req.request_id in self._live or not req.prompt_token_ids:
             self._send(live, RequestOutput(req.request_id, [], 0, True, error="invalid request"))
@@ -307,7 +311,8 @@ class EngineLoop:
         Every token is sampled from the same distribution, with the same random draws, as
         without speculation: the draft only decides how many rows are at hand.
         """
-        tokens, lps = sample_batch(logits[[p.row for p in picks]], states)
+        masks = [self._matcher_of(p.seq) for p in picks]
+        tokens, lps = sample_batch(logits[[p.row for p in picks]], states, _constrainer(masks))
         out = [[(tok, lp)] for tok, lp in zip(tokens, lps, strict=True)]
         agreeing = [i for i, p in enumerate(picks) if p.draft and tokens[i] == p.draft[0]]
         r = 1
@@ -323,6 +328,10 @@ class EngineLoop:
                     still.append(i)
             agreeing, r = still, r + 1
         return out
+
+    def _matcher_of(self, seq: Sequence) -> Matcher | None:
+        live = self._live_of(seq)
+        return live.matchers[seq.index] if live is not None and live.matchers else None
 
     def _settle_draft(self, seq: Sequence, accepted: int) -> None:
         """Keep the KV of the draft tokens the model agreed with; drop the rest."""
@@ -343,6 +352,11 @@ class EngineLoop:
     ) -> None:
         """Append a sampled token and decide whether the sequence is done."""
         seq.token_ids.append(tok)
+        matcher = live.matchers[seq.index] if live.matchers else None
+        if matcher is not None and tok not in self.info.eog_ids and not matcher.accept(tok):
+            log.error(
+                "%s: sampled a token its grammar forbids: %s", seq.group.request_id, matcher.error
+            )
         if not observed:
             live.samplers[seq.index].observe(tok)
         if live.ngrams:
@@ -360,6 +374,14 @@ class EngineLoop:
         delta.text += text
         if stop is not None:
             self._finish(live, seq, delta, SeqStatus.FINISHED_STOPPED, stop)
+        elif matcher is not None and matcher.is_finished():
+            # The grammar is complete: stop here rather than spend a step sampling EOS.
+            if matcher.error:
+                log.warning(
+                    "request %s: grammar gave up: %s", live.request.request_id, matcher.error
+                )
+            delta.text += detok.flush()
+            self._finish(live, seq, delta, SeqStatus.FINISHED_STOPPED, None)
         elif seq.num_output >= seq.max_tokens or len(seq.token_ids) >= self.info.n_ctx:
             delta.text += detok.flush()
             self._finish(live, seq, delta, SeqStatus.FINISHED_LENGTH, None)
@@ -399,3 +421,13 @@ class EngineLoop:
         )
         if start + rows.shape[0] >= seq.prompt_len:
             seq.want_prompt_logprobs = False  # a recompute after preemption need not redo them
+
+
+def _constrainer(matchers: list[Matcher | None]) -> Callable[[FloatArray], None] | None:
+    """Masking for the rows whose sequences follow a grammar; None when none do, so
+    unconstrained batches pay nothing."""
+    rows = [i for i, m in enumerate(matchers) if m is not None]
+    if not rows:
+        return None
+    active = [m for m in matchers if m is not None]
+    return lambda logits: apply_masks(logits, rows, active)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from tokenmill.sampling.params import SamplingParams
 from tokenmill.sampling.sampler import TokenLogprob
+from tokenmill.structured.compiler import CompiledGrammar
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +17,7 @@ class EngineRequest:
     prompt_token_ids: list[int]
     params: SamplingParams
     priority: int = 0  # lower runs first
+    grammar: CompiledGrammar | None = None  # every choice's tokens must follow it
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,12 +43,12 @@ class GenerationFields(BaseModel):
     user: str | None = None
     service_tier: ServiceTier | None = None
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    # Structured output has its own issue; until it lands these are refused, not ignored.
+    # Structured output: validated and compiled by tokenmill.structured (400 naming the field).
     guided_json: Any = None
     guided_regex: Any = None
     guided_choice: Any = None
     guided_grammar: Any = None
-    response_format: dict[str, Any] | None = None
+    response_format: Any = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -66,17 +66,6 @@ class GenerationFields(BaseModel):
         if isinstance(v, list) and len(v) > MAX_STOP:
             raise ValueError(f"at most {MAX_STOP} stop sequences are allowed")
         return v
-
-    @model_validator(mode="after")
-    def _unsupported(self) -> GenerationFields:
-        for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar"):
-            if getattr(self, name) is not None:
-                raise UnsupportedField(name, "structured output is not supported yet")
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            raise UnsupportedField(
-                "response_format", "only response_format {'type': 'text'} is supported yet"
-            )
-        return self
 
     @property
     def stop_list(self) -> tuple[str, ...]:
@@ -126,11 +115,12 @@ class ChatCompletionRequest(GenerationFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    tools: list[dict[str, Any]] | None = None
+    # Tools are validated by tokenmill.structured, which names the exact field at fault.
+    tools: Any = None
     tool_choice: Any = None
-    functions: list[dict[str, Any]] | None = None
+    functions: Any = None
     function_call: Any = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: Any = None
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
 
@@ -138,14 +128,6 @@ class ChatCompletionRequest(GenerationFields):
     def _chat_rules(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise UnsupportedField("top_logprobs", "top_logprobs requires logprobs to be true")
-        if self.tools:
-            raise UnsupportedField("tools", "tool calling is not supported yet")
-        if self.functions:
-            raise UnsupportedField("functions", "function calling is not supported yet")
-        if self.tool_choice not in (None, "none", "auto"):
-            raise UnsupportedField("tool_choice", "tool calling is not supported yet")
-        if self.function_call not in (None, "none", "auto"):
-            raise UnsupportedField("function_call", "function calling is not supported yet")
         return self
 
     @property

@@ -7,6 +7,7 @@ candidate set: ``top_p`` and ``min_p`` need only the few most likely tokens, fou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,13 +56,20 @@ class SamplerState:
 
 
 def sample_batch(
-    logits: FloatArray, states: list[SamplerState]
+    logits: FloatArray,
+    states: list[SamplerState],
+    constrain: Callable[[FloatArray], None] | None = None,
 ) -> tuple[list[int], list[TokenLogprob | None]]:
-    """Pick one token per row; ``logits`` is modified in place."""
+    """Pick one token per row; ``logits`` is modified in place.
+
+    ``constrain`` (grammar masks) runs after logprobs are taken and before sampling.
+    """
     # Logprobs describe the model's own distribution, so they are taken before any filter.
     logp_rows = {
         i: log_softmax(logits[i]) for i, st in enumerate(states) if st.params.logprobs is not None
     }
+    if constrain is not None:
+        constrain(logits)
     tokens = [0] * len(states)
     greedy_rows = [i for i, st in enumerate(states) if st.plain_greedy]
     if greedy_rows:

@@ -20,22 +20,20 @@ from tokenmill.serving.common import (
 )
 from tokenmill.serving.logprobs import chat_logprobs, prompt_logprobs_json
 from tokenmill.serving.sse import DONE, ResponseMeta, event
+from tokenmill.serving.structured import (
+    DeltaShaper,
+    Structure,
+    message_fields,
+    resolve,
+    template_messages,
+)
 
 
 def render_prompt(req: ChatCompletionRequest, ctx: ServingContext) -> list[int]:
-    """Render the conversation with the model's chat template and tokenize it."""
-    messages: list[dict[str, Any]] = []
-    for m in req.messages:
-        msg: dict[str, Any] = {
-            "role": "system" if m.role == "developer" else m.role,
-            "content": m.text,
-        }
-        for key in ("name", "tool_calls", "tool_call_id"):
-            if getattr(m, key) is not None:
-                msg[key] = getattr(m, key)
-        messages.append(msg)
+    """Render the conversation (and any tools) with the model's chat template; tokenize."""
+    messages, extra = template_messages(req, ctx.template.knows_tools)
     text = ctx.template.render(
-        messages, req.add_generation_prompt, **(req.chat_template_kwargs or {})
+        messages, req.add_generation_prompt, **extra, **(req.chat_template_kwargs or {})
     )
     info = ctx.info
     bos = ctx.template.bos_token
@@ -47,6 +45,7 @@ async def create_chat_completion(
     req: ChatCompletionRequest, ctx: ServingContext
 ) -> dict[str, Any] | AsyncIterator[str]:
     model = ctx.models.resolve(req.model)
+    structure = await resolve(req, ctx)
     prompt_ids = render_prompt(req, ctx)
     params = sampling_params(
         req,
@@ -67,13 +66,15 @@ async def create_chat_completion(
         service_tier=service_tier(req),
         include_usage=bool(req.stream and req.include_usage),
     )
-    ereq = EngineRequest(meta.id, prompt_ids, params)
+    ereq = EngineRequest(meta.id, prompt_ids, params, grammar=structure.grammar)
     if req.stream:
-        return _stream(ereq, meta, ctx)
-    return await _full(ereq, meta, ctx)
+        return _stream(ereq, meta, ctx, structure)
+    return await _full(ereq, meta, ctx, structure)
 
 
-async def _full(ereq: EngineRequest, meta: ResponseMeta, ctx: ServingContext) -> dict[str, Any]:
+async def _full(
+    ereq: EngineRequest, meta: ResponseMeta, ctx: ServingContext, structure: Structure
+) -> dict[str, Any]:
     choices = [ChoiceState() for _ in range(ereq.params.n)]
     prompt_lp: list[PromptLogprob | None] | None = None
     cached = 0
@@ -83,23 +84,20 @@ async def _full(ereq: EngineRequest, meta: ResponseMeta, ctx: ServingContext) ->
         for d in out.deltas:
             choices[d.index].add(d)
     want_lp = ereq.params.logprobs is not None
-    body = meta.envelope(
-        choices=[
+    body_choices = []
+    for i, c in enumerate(choices):
+        fields, finish_reason = message_fields("".join(c.text), structure, c.finish_reason)
+        body_choices.append(
             {
                 "index": i,
-                "message": {
-                    "role": "assistant",
-                    "content": "".join(c.text),
-                    "tool_calls": [],
-                    "function_call": None,
-                    "refusal": None,
-                },
+                "message": {"role": "assistant", **fields, "refusal": None},
                 "logprobs": chat_logprobs(c.logprobs, ctx.info) if want_lp else None,
-                "finish_reason": c.finish_reason,
+                "finish_reason": finish_reason,
                 "stop_reason": c.stop_reason,
             }
-            for i, c in enumerate(choices)
-        ],
+        )
+    body = meta.envelope(
+        choices=body_choices,
         usage=usage(len(ereq.prompt_token_ids), sum(c.num_tokens for c in choices), cached),
     )
     if ereq.params.prompt_logprobs is not None:
@@ -108,11 +106,12 @@ async def _full(ereq: EngineRequest, meta: ResponseMeta, ctx: ServingContext) ->
 
 
 async def _stream(
-    ereq: EngineRequest, meta: ResponseMeta, ctx: ServingContext
+    ereq: EngineRequest, meta: ResponseMeta, ctx: ServingContext, structure: Structure
 ) -> AsyncIterator[str]:
     want_lp = ereq.params.logprobs is not None
     completion_tokens = 0
     cached = 0
+    shapers = [DeltaShaper(structure) for _ in range(ereq.params.n)]
     try:
         for i in range(ereq.params.n):
             yield event(_chunk(meta, i, {"role": "assistant", "content": ""}))
@@ -123,12 +122,20 @@ async def _stream(
             cached = out.num_cached_tokens
             for d in out.deltas:
                 completion_tokens += len(d.token_ids)
-                if d.text or d.logprobs:
-                    lp = chat_logprobs(d.logprobs, ctx.info) if want_lp else None
-                    yield event(_chunk(meta, d.index, {"content": d.text}, logprobs=lp, **extra))
-                    extra = {}
+                shaper = shapers[d.index]
+                deltas = shaper.feed(d.text)
+                finish_reason = d.finish_reason
                 if d.finish_reason:
-                    yield event(_chunk(meta, d.index, {}, d.finish_reason, d.stop_reason, **extra))
+                    held, finish_reason = shaper.finish(d.finish_reason)
+                    deltas += held
+                if d.logprobs and want_lp and not deltas:
+                    deltas = [{}]  # logprobs of tokens whose text is still held back
+                for j, delta in enumerate(deltas):
+                    lp = chat_logprobs(d.logprobs, ctx.info) if want_lp and j == 0 else None
+                    yield event(_chunk(meta, d.index, delta, logprobs=lp, **extra))
+                    extra = {}
+                if finish_reason:
+                    yield event(_chunk(meta, d.index, {}, finish_reason, d.stop_reason, **extra))
                     extra = {}
         if meta.include_usage:
             yield event(

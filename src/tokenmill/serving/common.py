@@ -18,6 +18,7 @@ from tokenmill.sampling.params import SamplingParams
 from tokenmill.sampling.sampler import TokenLogprob
 from tokenmill.serving.models import ModelRegistry
 from tokenmill.serving.template import ChatTemplate
+from tokenmill.structured.compiler import GrammarCompiler
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class ServingContext:
     models: ModelRegistry
     template: ChatTemplate
     max_num_seqs: int
+    grammars: GrammarCompiler
 
     @property
     def info(self) -> ModelInfo:

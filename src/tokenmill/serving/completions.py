@@ -25,6 +25,7 @@ from tokenmill.serving.common import (
 )
 from tokenmill.serving.logprobs import legacy_logprobs, prompt_logprobs_json
 from tokenmill.serving.sse import DONE, ResponseMeta, event
+from tokenmill.serving.structured import resolve
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for legacy completions
 
@@ -61,6 +62,7 @@ async def create_completion(
     req: CompletionRequest, ctx: ServingContext
 ) -> dict[str, Any] | AsyncIterator[str]:
     model = ctx.models.resolve(req.model)
+    structure = await resolve(req, ctx)
     prompts = normalize_prompts(req, ctx)
     # Echo with logprobs needs the prompt's own logprobs from the engine.
     engine_plp = req.prompt_logprobs
@@ -87,7 +89,7 @@ async def create_completion(
             prompt_logprobs=engine_plp,
             prompt_param="prompt",
         )
-        ereqs.append(EngineRequest(f"{meta.id}-{i}", p.ids, params))
+        ereqs.append(EngineRequest(f"{meta.id}-{i}", p.ids, params, grammar=structure.grammar))
     run = _Run(req, ctx, meta, prompts, ereqs)
     if req.stream:
         return run.stream()

@@ -41,6 +41,8 @@ class ChatTemplate:
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         env.filters["tojson"] = _tojson
         self.source = source or DEFAULT_TEMPLATE
+        # Templates that render tools themselves mention them; others get a system message.
+        self.knows_tools = "tools" in self.source
         self._template = env.from_string(self.source)
         self.bos_token = bos_token
         self.eos_token = eos_token

@@ -1,0 +1,215 @@
+"""Structured output and tool calls on the serving side: constraints in, tool calls out.
+
+The request's guided_* / response_format / tools fields become one compiled grammar (off the
+event loop: a cache miss may take up to the compiler's time bound). Tools are shown to the
+model through its chat template when the template knows about tools, otherwise in a system
+message; earlier calls and their results are written back in the format the model is asked
+to use. On the way out, the choice's text is split into content and tool calls, whole or as
+stream deltas shaped the way the official clients assemble them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenmill.protocol.requests import ChatCompletionRequest, ChatMessage, GenerationFields
+from tokenmill.serving.common import ServingContext
+from tokenmill.structured import (
+    CompiledGrammar,
+    Constraint,
+    ContentDelta,
+    ToolCallParser,
+    ToolCallStart,
+    ToolSpec,
+    format_tool_calls,
+    format_tool_result,
+    grammar_for,
+    parse_tool_calls,
+    parse_tool_choice,
+    parse_tools,
+    tools_system_prompt,
+)
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What a request's structured-output fields resolved to."""
+
+    constraint: Constraint | None = None
+    grammar: CompiledGrammar | None = None
+    legacy_functions: bool = False  # answer with ``function_call`` rather than ``tool_calls``
+
+    @property
+    def tools(self) -> bool:
+        """Parse the output for tool calls."""
+        return self.constraint is not None and self.constraint.kind == "tools"
+
+
+async def resolve(req: GenerationFields, ctx: ServingContext) -> Structure:
+    """Validate and compile the request's constraint (400 naming the field when invalid)."""
+    tool_fields: dict[str, Any] = {}
+    if isinstance(req, ChatCompletionRequest):
+        tool_fields = {
+            "tools": req.tools,
+            "tool_choice": req.tool_choice,
+            "parallel_tool_calls": req.parallel_tool_calls,
+            "functions": req.functions,
+            "function_call": req.function_call,
+        }
+    constraint = grammar_for(
+        guided_json=req.guided_json,
+        guided_regex=req.guided_regex,
+        guided_choice=req.guided_choice,
+        guided_grammar=req.guided_grammar,
+        response_format=req.response_format,
+        **tool_fields,
+    )
+    if constraint is None:
+        return Structure()
+    grammar = await asyncio.to_thread(ctx.grammars.compile, constraint)
+    return Structure(constraint, grammar, tool_fields.get("functions") is not None)
+
+
+# -- the prompt -------------------------------------------------------------------------------
+
+
+def offered_tools(req: ChatCompletionRequest) -> tuple[tuple[ToolSpec, ...], Any]:
+    """The tools the model may call and the tool choice, or ``()`` when it may call none."""
+    if req.functions is not None:
+        specs = parse_tools(req.functions, "functions", legacy=True)
+        choice = parse_tool_choice(req.function_call, specs, "function_call")
+    else:
+        specs = parse_tools(req.tools, "tools")
+        choice = parse_tool_choice(req.tool_choice, specs, "tool_choice")
+    if not specs or choice is None or choice.mode == "none":
+        return (), None
+    return specs, choice
+
+
+def template_messages(
+    req: ChatCompletionRequest, template_knows_tools: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The messages to render and extra template variables (``tools`` for templates that
+    take them)."""
+    specs, choice = offered_tools(req)
+    native = template_knows_tools and bool(specs)
+    messages = [_message(m, native) for m in req.messages]
+    if specs and not native:
+        prompt = tools_system_prompt(specs, choice)
+        if messages and messages[0]["role"] == "system":
+            messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{prompt}"}
+        else:
+            messages.insert(0, {"role": "system", "content": prompt})
+    extra = {"tools": [s.as_openai() for s in specs]} if native else {}
+    return messages, extra
+
+
+def _message(m: ChatMessage, native: bool) -> dict[str, Any]:
+    role = "system" if m.role == "developer" else m.role
+    msg: dict[str, Any] = {"role": role, "content": m.text}
+    for key in ("name", "tool_calls", "tool_call_id"):
+        if getattr(m, key) is not None:
+            msg[key] = getattr(m, key)
+    if native:
+        return msg
+    # The template cannot show calls and results: write them as the model is asked to.
+    if m.role == "assistant" and m.tool_calls:
+        calls = [
+            (c.get("function", {}).get("name", ""), c.get("function", {}).get("arguments", ""))
+            for c in m.tool_calls
+        ]
+        text = format_tool_calls(calls)
+        msg["content"] = f"{m.text}\n{text}" if m.text else text
+        del msg["tool_calls"]
+    elif m.role == "tool":
+        msg["content"] = format_tool_result(m.text)
+    return msg
+
+
+# -- the response -----------------------------------------------------------------------------
+
+
+def call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def message_fields(
+    text: str, structure: Structure, finish_reason: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """A finished choice's message fields and finish reason."""
+    if not structure.tools:
+        return {"content": text, "tool_calls": [], "function_call": None}, finish_reason
+    content, calls = parse_tool_calls(text)
+    if not calls:
+        return {"content": content or "", "tool_calls": [], "function_call": None}, finish_reason
+    reason = finish_reason if finish_reason == "length" else None
+    if structure.legacy_functions:
+        fn = {"name": calls[0].name, "arguments": calls[0].arguments}
+        return {"content": content, "tool_calls": [], "function_call": fn}, reason or (
+            "function_call"
+        )
+    tool_calls = [
+        {
+            "id": call_id(),
+            "type": "function",
+            "function": {"name": c.name, "arguments": c.arguments},
+        }
+        for c in calls
+    ]
+    return {"content": content, "tool_calls": tool_calls, "function_call": None}, reason or (
+        "tool_calls"
+    )
+
+
+@dataclass
+class DeltaShaper:
+    """Turns one choice's streamed text into chat deltas: plain content, or tool calls as
+    the clients assemble them (the first delta of a call carries index, id, type and name;
+    later ones carry argument fragments)."""
+
+    structure: Structure
+    parser: ToolCallParser = field(default_factory=ToolCallParser)
+    called: bool = False
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        if not self.structure.tools:
+            return [{"content": text}] if text else []
+        return self._shape(self.parser.feed(text))
+
+    def finish(self, finish_reason: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """The deltas still held back, and the finish reason to report."""
+        if not self.structure.tools:
+            return [], finish_reason
+        deltas = self._shape(self.parser.finish())
+        if self.called and finish_reason != "length":
+            finish_reason = "function_call" if self.structure.legacy_functions else "tool_calls"
+        return deltas, finish_reason
+
+    def _shape(self, events: list[Any]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for ev in events:
+            if isinstance(ev, ContentDelta):
+                if ev.text:
+                    out.append({"content": ev.text})
+            elif self.structure.legacy_functions:
+                if isinstance(ev, ToolCallStart):
+                    self.called = True
+                    out.append({"function_call": {"name": ev.name, "arguments": ""}})
+                else:
+                    out.append({"function_call": {"arguments": ev.fragment}})
+            elif isinstance(ev, ToolCallStart):
+                self.called = True
+                call = {
+                    "index": ev.index,
+                    "id": call_id(),
+                    "type": "function",
+                    "function": {"name": ev.name, "arguments": ""},
+                }
+                out.append({"tool_calls": [call]})
+            else:
+                frag = {"index": ev.index, "function": {"arguments": ev.fragment}}
+                out.append({"tool_calls": [frag]})
+        return out
