@@ -124,13 +124,65 @@ def _shared_prefix(rng: random.Random, model: str, max_tokens: int) -> BenchRequ
     )
 
 
+_RECORD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 40},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "city": {"type": "string", "maxLength": 30},
+        "interests": {"type": "array", "items": {"type": "string", "maxLength": 20}, "maxItems": 4},
+        "member": {"type": "boolean"},
+    },
+    "required": ["name", "age", "city", "interests", "member"],
+    "additionalProperties": False,
+}
+
+
+def _json_ask(rng: random.Random, model: str, max_tokens: int) -> dict[str, Any]:
+    topic = rng.choice(_TOPICS)
+    return {
+        "model": model,
+        "messages": [
+            {
+                "role": "user",
+                "content": f"Describe a fictional person who loves {topic}, as a JSON object "
+                "with name, age, city, interests and member.",
+            }
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+        "seed": rng.randrange(1 << 30),
+    }
+
+
+def _json_free(rng: random.Random, model: str, max_tokens: int) -> BenchRequest:
+    """The guided-json prompts without the constraint: the baseline it is compared with."""
+    return BenchRequest("/chat/completions", _json_ask(rng, model, max_tokens))
+
+
+def _guided_json(rng: random.Random, model: str, max_tokens: int) -> BenchRequest:
+    return BenchRequest(
+        "/chat/completions", {**_json_ask(rng, model, max_tokens), "guided_json": _RECORD_SCHEMA}
+    )
+
+
 WORKLOADS: dict[str, Callable[[random.Random, str, int], BenchRequest]] = {
     "chat": _chat,
     "autocomplete": _autocomplete,
     "long-prompt": _long_prompt,
     "shared-prefix": _shared_prefix,
+    # tokenmill only (the peer has no guided_json): constrained against unconstrained.
+    "json": _json_free,
+    "guided-json": _guided_json,
 }
-DEFAULT_MAX_TOKENS = {"chat": 64, "autocomplete": 24, "long-prompt": 64, "shared-prefix": 64}
+DEFAULT_MAX_TOKENS = {
+    "chat": 64,
+    "autocomplete": 24,
+    "long-prompt": 64,
+    "shared-prefix": 64,
+    "json": 96,
+    "guided-json": 96,
+}
 
 
 def make_requests(
