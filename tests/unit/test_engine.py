@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from tokenmill.core.scheduler import MIN_COPY_GAIN
 from tokenmill.engine.loop import EngineLoop
 from tokenmill.engine.messages import EngineRequest, RequestOutput
 from tokenmill.runner.base import KVCacheFull
 from tokenmill.runner.fake import EOS, FakeRunner
 from tokenmill.sampling.params import SamplingParams
+from tokenmill.structured import CompiledGrammar, GrammarCompiler, grammar_for, make_tokenizer
 
 
 class Harness:
@@ -253,3 +256,33 @@ def test_speculation_stops_exactly_at_max_tokens() -> None:
         assert h.texts("x") == h0.texts("x")
         assert h.outputs["x"][-1].deltas[-1].finish_reason == "length"
         assert sum(len(d.token_ids) for o in h.outputs["x"] for d in o.deltas) == max_tokens
+
+
+# -- grammar-constrained sequences ----------------------------------------------------------
+
+
+def _grammar(runner: FakeRunner, **fields: object) -> CompiledGrammar:
+    constraint = grammar_for(**fields)  # type: ignore[arg-type]
+    assert constraint is not None
+    return GrammarCompiler(make_tokenizer(runner.info)).compile(constraint)
+
+
+def test_constrained_and_unconstrained_share_a_batch() -> None:
+    h = Harness(budget=64)
+    ref = {f"r{i}": alone(p, max_tokens=30) for i, p in enumerate(PROMPTS[:3])}
+    regex = "(ab|cd)+9"
+    grammar = _grammar(h.runner, guided_regex=regex)
+    for i, p in enumerate(PROMPTS[:3]):
+        h.submit(f"r{i}", p, max_tokens=30)
+        p2 = SamplingParams(max_tokens=30, temperature=1.0, seed=i, n=2)
+        h.outputs[f"g{i}"] = []
+        h.engine.submit(EngineRequest(f"g{i}", p, p2, grammar=grammar), h.outputs[f"g{i}"].append)
+    h.run()
+    for i in range(3):
+        assert h.texts(f"r{i}") == ref[f"r{i}"]  # unconstrained: untouched by the masks
+        texts = h.texts(f"g{i}")
+        assert len(texts) == 2
+        for text in texts.values():
+            assert re.fullmatch(regex, text), text
+        # The grammar ends the sequence itself, without sampling an EOS.
+        assert set(h.finish(f"g{i}").values()) == {"stop"}
