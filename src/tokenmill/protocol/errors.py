@@ -78,3 +78,35 @@ class ServiceUnavailable(APIError):
     status_code = 503
     error_type = "server_error"
     default_code = "service_unavailable"
+
+
+class Overloaded(ServiceUnavailable):
+    """The engine's waiting queue is full: the server's problem, so 503 and not 429."""
+
+    default_code = "engine_overloaded"
+
+
+class QueueTimeout(ServiceUnavailable):
+    """A ``flex`` request waited longer than the server allows for its first token."""
+
+    default_code = "queue_timeout"
+
+
+class Forbidden(APIError):
+    """Authenticated, but this key may not do that (project, tier or model not granted)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "permission_denied"
+
+
+class RateLimited(APIError):
+    status_code = 429
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+
+
+class HeadersTooLarge(APIError):
+    status_code = 431
+    error_type = "invalid_request_error"
+    default_code = "request_header_fields_too_large"
