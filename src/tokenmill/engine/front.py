@@ -21,12 +21,17 @@ class AsyncEngine:
         prefix_cache: bool = True,
         spec_tokens: int = 0,
         spec_max_seqs: int = 1,
+        max_queue: int = 0,
     ) -> None:
         self.runner = runner
         self.info = runner.info
         self.loop = EngineLoop(
             runner, max_num_seqs, max_batch_tokens, prefix_cache, spec_tokens, spec_max_seqs
         )
+        # Sequences admitted and not yet finished (running + waiting), bounded so that overload
+        # becomes a quick 503 instead of an ever longer wait. 0: no bound.
+        self.capacity = max_num_seqs + max_queue if max_queue > 0 else None
+        self.admitted = 0
 
     def start(self) -> None:
         self.loop.start()
@@ -43,6 +48,18 @@ class AsyncEngine:
 
     def stop(self) -> None:
         self.loop.stop()
+
+    def reserve(self, seqs: int) -> bool:
+        """Count ``seqs`` sequences in, or False when the waiting queue is full. Call from the
+        event loop only (no lock needed there); every True must be matched by ``release``."""
+        full = self.capacity is not None and self.admitted + seqs > self.capacity
+        if full and self.admitted > 0:  # alone, even an oversized request may run
+            return False
+        self.admitted += seqs
+        return True
+
+    def release(self, seqs: int) -> None:
+        self.admitted -= seqs
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
         """Yield the request's outputs until the last one.

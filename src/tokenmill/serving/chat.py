@@ -10,7 +10,9 @@ from tokenmill.protocol.errors import APIError
 from tokenmill.protocol.requests import ChatCompletionRequest
 from tokenmill.serving.common import (
     ChoiceState,
+    RequestMeter,
     ServingContext,
+    admit,
     new_id,
     now,
     run_all,
@@ -42,7 +44,7 @@ def render_prompt(req: ChatCompletionRequest, ctx: ServingContext) -> list[int]:
 
 
 async def create_chat_completion(
-    req: ChatCompletionRequest, ctx: ServingContext
+    req: ChatCompletionRequest, ctx: ServingContext, meter: RequestMeter | None = None
 ) -> dict[str, Any] | AsyncIterator[str]:
     model = ctx.models.resolve(req.model)
     structure = await resolve(req, ctx)
@@ -67,18 +69,23 @@ async def create_chat_completion(
         include_usage=bool(req.stream and req.include_usage),
     )
     ereq = EngineRequest(meta.id, prompt_ids, params, grammar=structure.grammar)
+    meta, [ereq] = await admit(meter, meta, [ereq])
     if req.stream:
-        return _stream(ereq, meta, ctx, structure)
-    return await _full(ereq, meta, ctx, structure)
+        return _stream(ereq, meta, ctx, structure, meter)
+    return await _full(ereq, meta, ctx, structure, meter)
 
 
 async def _full(
-    ereq: EngineRequest, meta: ResponseMeta, ctx: ServingContext, structure: Structure
+    ereq: EngineRequest,
+    meta: ResponseMeta,
+    ctx: ServingContext,
+    structure: Structure,
+    meter: RequestMeter | None,
 ) -> dict[str, Any]:
     choices = [ChoiceState() for _ in range(ereq.params.n)]
     prompt_lp: list[PromptLogprob | None] | None = None
     cached = 0
-    async for _, out in run_all(ctx.engine, [ereq]):
+    async for _, out in run_all(ctx.engine, [ereq], meter):
         prompt_lp = out.prompt_logprobs or prompt_lp
         cached = out.num_cached_tokens
         for d in out.deltas:
@@ -106,7 +113,11 @@ async def _full(
 
 
 async def _stream(
-    ereq: EngineRequest, meta: ResponseMeta, ctx: ServingContext, structure: Structure
+    ereq: EngineRequest,
+    meta: ResponseMeta,
+    ctx: ServingContext,
+    structure: Structure,
+    meter: RequestMeter | None,
 ) -> AsyncIterator[str]:
     want_lp = ereq.params.logprobs is not None
     completion_tokens = 0
@@ -115,7 +126,7 @@ async def _stream(
     try:
         for i in range(ereq.params.n):
             yield event(_chunk(meta, i, {"role": "assistant", "content": ""}))
-        async for _, out in run_all(ctx.engine, [ereq]):
+        async for _, out in run_all(ctx.engine, [ereq], meter):
             extra: dict[str, Any] = {}
             if out.prompt_logprobs is not None and ereq.params.prompt_logprobs is not None:
                 extra["prompt_logprobs"] = prompt_logprobs_json(out.prompt_logprobs, ctx.info)

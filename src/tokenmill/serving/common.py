@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tokenmill.engine.front import AsyncEngine
 from tokenmill.engine.messages import ChoiceDelta, EngineRequest, RequestOutput
-from tokenmill.protocol.errors import APIError, BadRequest, ContextLengthExceeded
+from tokenmill.protocol.errors import APIError, BadRequest, ContextLengthExceeded, QueueTimeout
 from tokenmill.protocol.requests import GenerationFields
 from tokenmill.runner.base import ModelInfo
 from tokenmill.sampling.params import SamplingParams
 from tokenmill.sampling.sampler import TokenLogprob
 from tokenmill.serving.models import ModelRegistry
+from tokenmill.serving.sse import ResponseMeta
 from tokenmill.serving.template import ChatTemplate
 from tokenmill.structured.compiler import GrammarCompiler
 
@@ -34,6 +36,45 @@ class ServingContext:
     @property
     def info(self) -> ModelInfo:
         return self.engine.info
+
+
+class RequestMeter(Protocol):
+    """Accounting for one request (tenancy implements it): serving reports admission and every
+    engine output, so usage is counted from the same numbers the client is shown."""
+
+    async def admit(
+        self, request_id: str, prompt_tokens: int, max_new_tokens: int, seqs: int
+    ) -> tuple[str, int]:
+        """Admit (or raise 429/503) and return ``(service tier used, engine priority)``."""
+        ...
+
+    def observe(self, index: int, out: RequestOutput) -> None:
+        """One output of engine request ``index``."""
+        ...
+
+    @property
+    def first_output_timeout(self) -> float | None:
+        """How long the request may wait for its first output (flex), if bounded."""
+        ...
+
+    def timed_out(self) -> None: ...
+
+
+async def admit(
+    meter: RequestMeter | None, meta: ResponseMeta, ereqs: list[EngineRequest]
+) -> tuple[ResponseMeta, list[EngineRequest]]:
+    """Admit fully built engine requests: the tier used goes into the response, its priority
+    into the engine requests. Without a meter nothing changes."""
+    if meter is None:
+        return meta, ereqs
+    tier, priority = await meter.admit(
+        meta.id,
+        prompt_tokens=sum(len(r.prompt_token_ids) for r in ereqs),
+        max_new_tokens=sum(r.params.max_tokens * r.params.n for r in ereqs),
+        seqs=sum(r.params.n for r in ereqs),
+    )
+    meta = dataclasses.replace(meta, service_tier=tier)
+    return meta, [dataclasses.replace(r, priority=priority) for r in ereqs]
 
 
 class EngineFailed(APIError):
@@ -156,15 +197,32 @@ class ChoiceState:
 
 
 async def run_all(
-    engine: AsyncEngine, requests: list[EngineRequest]
+    engine: AsyncEngine, requests: list[EngineRequest], meter: RequestMeter | None = None
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """Run several engine requests at once; yield ``(request index, output)`` as they come.
+    """Run several engine requests at once; yield ``(request index, output)`` as they come,
+    each first shown to ``meter``.
 
     Leaving early (client gone) cancels them all, which aborts them in the engine.
     """
+    outputs = _merged(engine, requests)
+    timeout = meter.first_output_timeout if meter is not None else None
+    if timeout is not None and meter is not None:
+        outputs = _first_within(outputs, timeout, meter)
+    try:
+        async for i, out in outputs:
+            if meter is not None:
+                meter.observe(i, out)
+            _raise_if_failed(out)
+            yield i, out
+    finally:
+        await outputs.aclose()
+
+
+async def _merged(
+    engine: AsyncEngine, requests: list[EngineRequest]
+) -> AsyncGenerator[tuple[int, RequestOutput], None]:
     if len(requests) == 1:
         async for out in engine.generate(requests[0]):
-            _raise_if_failed(out)
             yield 0, out
         return
     queue: asyncio.Queue[tuple[int, RequestOutput] | None] = asyncio.Queue()
@@ -179,13 +237,33 @@ async def run_all(
         while remaining:
             item = await queue.get()
             assert item is not None
-            _raise_if_failed(item[1])
             remaining -= item[1].finished
             yield item
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _first_within(
+    outputs: AsyncGenerator[tuple[int, RequestOutput], None], timeout: float, meter: RequestMeter
+) -> AsyncGenerator[tuple[int, RequestOutput], None]:
+    """Give up (aborting the engine requests) if nothing comes within ``timeout`` seconds."""
+    try:
+        first = await asyncio.wait_for(anext(outputs), timeout)
+    except TimeoutError:
+        meter.timed_out()
+        raise QueueTimeout(
+            f"The request waited {timeout:g}s for capacity (service_tier 'flex'); retry later "
+            "or use another tier.",
+            headers={"retry-after": str(max(1, int(timeout)))},
+        ) from None
+    yield first
+    try:
+        async for item in outputs:
+            yield item
+    finally:
+        await outputs.aclose()
 
 
 def _raise_if_failed(out: RequestOutput) -> None:

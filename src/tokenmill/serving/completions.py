@@ -14,7 +14,9 @@ from tokenmill.protocol.errors import APIError
 from tokenmill.protocol.requests import CompletionRequest
 from tokenmill.serving.common import (
     ChoiceState,
+    RequestMeter,
     ServingContext,
+    admit,
     check_token_ids,
     new_id,
     now,
@@ -59,7 +61,7 @@ def normalize_prompts(req: CompletionRequest, ctx: ServingContext) -> list[Promp
 
 
 async def create_completion(
-    req: CompletionRequest, ctx: ServingContext
+    req: CompletionRequest, ctx: ServingContext, meter: RequestMeter | None = None
 ) -> dict[str, Any] | AsyncIterator[str]:
     model = ctx.models.resolve(req.model)
     structure = await resolve(req, ctx)
@@ -90,7 +92,8 @@ async def create_completion(
             prompt_param="prompt",
         )
         ereqs.append(EngineRequest(f"{meta.id}-{i}", p.ids, params, grammar=structure.grammar))
-    run = _Run(req, ctx, meta, prompts, ereqs)
+    meta, ereqs = await admit(meter, meta, ereqs)
+    run = _Run(req, ctx, meta, prompts, ereqs, meter)
     if req.stream:
         return run.stream()
     return await run.full()
@@ -106,8 +109,10 @@ class _Run:
         meta: ResponseMeta,
         prompts: list[Prompt],
         ereqs: list[EngineRequest],
+        meter: RequestMeter | None = None,
     ) -> None:
         self.req, self.ctx, self.meta, self.prompts, self.ereqs = req, ctx, meta, prompts, ereqs
+        self.meter = meter
         self.n = req.n or 1
         self.prompt_lp: list[list[PromptLogprob | None] | None] = [None] * len(prompts)
         self.cached = [0] * len(prompts)
@@ -115,7 +120,7 @@ class _Run:
 
     async def full(self) -> dict[str, Any]:
         choices = [ChoiceState() for _ in range(len(self.prompts) * self.n)]
-        async for pi, out in run_all(self.ctx.engine, self.ereqs):
+        async for pi, out in run_all(self.ctx.engine, self.ereqs, self.meter):
             self.prompt_lp[pi] = out.prompt_logprobs or self.prompt_lp[pi]
             self.cached[pi] = out.num_cached_tokens
             for d in out.deltas:
@@ -163,7 +168,7 @@ class _Run:
         started: set[int] = set()
         sent: dict[int, int] = {}  # characters of each choice's text so far (for text_offset)
         try:
-            async for pi, out in run_all(self.ctx.engine, self.ereqs):
+            async for pi, out in run_all(self.ctx.engine, self.ereqs, self.meter):
                 self.prompt_lp[pi] = out.prompt_logprobs or self.prompt_lp[pi]
                 self.cached[pi] = out.num_cached_tokens
                 for d in out.deltas:
