@@ -11,7 +11,10 @@ from tokenmill.config import (
     ServeConfig,
     embedded_model_path,
     env_api_keys,
+    env_db,
+    env_prices,
 )
+from tokenmill.tenancy import admin
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,7 +52,19 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="speculate only while at most this many sequences are decoding",
     )
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    p.add_argument("--max-header-bytes", type=int, default=16 * 1024)
     p.add_argument("--log-level", default="info")
+    admin.add_db_argument(p)
+    p.add_argument("--prices", help="JSON file of per-model prices (also TOKENMILL_PRICES)")
+    p.add_argument(
+        "--max-queue", type=int, default=256, help="sequences that may wait; beyond: 503"
+    )
+    p.add_argument(
+        "--flex-timeout", type=float, default=300.0, help="seconds flex may wait for a token"
+    )
+    p.add_argument(
+        "--cors-origin", action="append", default=[], help="allow browsers from this origin"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -68,9 +83,13 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         ("--max-body-bytes", args.max_body_bytes, 1024),
         ("--spec-tokens", args.spec_tokens, 0),
         ("--spec-max-seqs", args.spec_max_seqs, 1),
+        ("--max-header-bytes", args.max_header_bytes, 1024),
+        ("--max-queue", args.max_queue, 0),
     ):
         if value < low:
             raise SystemExit(f"tokenmill: {name} must be at least {low}")
+    if args.flex_timeout <= 0:
+        raise SystemExit("tokenmill: --flex-timeout must be positive")
     return ServeConfig(
         host=args.host,
         port=args.port,
@@ -87,6 +106,12 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         spec_tokens=args.spec_tokens,
         spec_max_seqs=args.spec_max_seqs,
         log_level=args.log_level,
+        db=args.db or env_db(),
+        prices=args.prices or env_prices(),
+        max_queue=args.max_queue,
+        flex_timeout=args.flex_timeout,
+        max_header_bytes=args.max_header_bytes,
+        cors_origins=tuple(args.cors_origin),
     )
 
 
@@ -97,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     from tokenmill.bench.main import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    admin.add_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         from tokenmill.server import serve
@@ -106,5 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         from tokenmill.bench.main import run as run_bench
 
         return run_bench(args)
+    if args.command in admin.COMMANDS:
+        return admin.run(args, args.db or env_db())
     parser.print_help(sys.stderr)
     return 2

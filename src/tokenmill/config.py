@@ -29,6 +29,12 @@ class ServeConfig:
     spec_tokens: int = 0  # prompt-lookup speculative decoding: draft length (0: off)
     spec_max_seqs: int = 1  # speculate only while at most this many sequences decode
     log_level: str = "info"
+    db: str = ""  # SQLite file or database URL; "": the default file under the user data dir
+    prices: str = ""  # JSON file of per-model prices; "": everything costs 0
+    max_queue: int = 256  # sequences waiting beyond max_num_seqs before 503s; 0: no bound
+    flex_timeout: float = 300.0  # seconds a flex request may wait for its first token
+    max_header_bytes: int = 16 * 1024
+    cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are given
 
     @property
     def n_threads(self) -> int:
@@ -53,3 +59,12 @@ def embedded_model_path() -> Path:
 def env_api_keys() -> tuple[str, ...]:
     raw = os.environ.get("TOKENMILL_API_KEYS", "")
     return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def env_db() -> str:
+    """``TOKENMILL_DB``: a SQLite file path or a database URL."""
+    return os.environ.get("TOKENMILL_DB", "")
+
+
+def env_prices() -> str:
+    return os.environ.get("TOKENMILL_PRICES", "")

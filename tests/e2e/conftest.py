@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,12 +36,12 @@ def free_port() -> int:
 def start_server(*extra: str, env: dict[str, str] | None = None) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "tokenmill", "serve", "--port", str(port), *extra]
+    env = {**os.environ, **(env or {})}
+    if "--db" not in extra and "TOKENMILL_DB" not in env:
+        # Each server its own fresh database, never the user's.
+        env["TOKENMILL_DB"] = os.path.join(tempfile.mkdtemp(prefix="tokenmill-test-"), "t.db")
     proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     deadline = time.time() + 120
     assert proc.stdout is not None

@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from tokenmill import __version__
 from tokenmill.api import errors
-from tokenmill.api.auth import StaticKeys
-from tokenmill.api.middleware import BodySizeLimit
+from tokenmill.api.middleware import BodySizeLimit, HeaderSizeLimit
 from tokenmill.api.routes import make_router
 from tokenmill.serving.common import ServingContext
+from tokenmill.tenancy.service import Tenancy
 
 
-def create_app(ctx: ServingContext, keys: StaticKeys, max_body_bytes: int) -> FastAPI:
-    app = FastAPI(title="tokenmill", version=__version__, docs_url=None, redoc_url=None)
+def create_app(
+    ctx: ServingContext,
+    tenancy: Tenancy,
+    max_body_bytes: int,
+    max_header_bytes: int = 16 * 1024,
+    cors_origins: tuple[str, ...] = (),
+) -> FastAPI:
+    # No docs or schema routes: every route but /health needs a key.
+    app = FastAPI(
+        title="tokenmill", version=__version__, docs_url=None, redoc_url=None, openapi_url=None
+    )
     errors.install(app)
-    app.include_router(make_router(ctx, keys))
+    app.include_router(make_router(ctx, tenancy))
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    if cors_origins:  # off unless asked: browsers must not call with a user's key by default
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(HeaderSizeLimit, max_bytes=max_header_bytes)  # outermost: first check
     return app

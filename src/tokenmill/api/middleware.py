@@ -1,4 +1,4 @@
-"""ASGI middleware: request size limit (before anything reads the body)."""
+"""ASGI middleware: request header and body size limits (before anything reads them)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokenmill.protocol.errors import PayloadTooLarge
+from tokenmill.protocol.errors import APIError, HeadersTooLarge, PayloadTooLarge
 
 
 class BodySizeLimit:
@@ -41,12 +41,34 @@ class BodySizeLimit:
         return f"Request body too large: the limit is {self.max_bytes} bytes"
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps(PayloadTooLarge(self._message()).body()).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await reject(send, PayloadTooLarge(self._message()))
+
+
+class HeaderSizeLimit:
+    """Refuse requests whose headers add up to more than ``max_bytes`` with a 431 (the HTTP
+    server's own limit is set higher and only guards its buffer)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(k) + len(v) + 4 for k, v in scope.get("headers", []))
+            if size > self.max_bytes:
+                msg = f"Request headers too large: the limit is {self.max_bytes} bytes"
+                await reject(send, HeadersTooLarge(msg))
+                return
+        await self.app(scope, receive, send)
+
+
+async def reject(send: Send, err: APIError) -> None:
+    """Answer with ``err`` and close the connection, without reading the request body."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status_code,
+            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps(err.body()).encode()})

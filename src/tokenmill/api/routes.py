@@ -9,26 +9,28 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from tokenmill.api.auth import StaticKeys
 from tokenmill.api.errors import from_validation_error
-from tokenmill.protocol.errors import BadRequest
+from tokenmill.api.metered import MeteredStream
+from tokenmill.protocol.errors import APIError, BadRequest
 from tokenmill.protocol.requests import (
     ChatCompletionRequest,
     CompletionRequest,
     GenerationFields,
 )
 from tokenmill.serving.chat import create_chat_completion
-from tokenmill.serving.common import ServingContext
+from tokenmill.serving.common import RequestMeter, ServingContext
 from tokenmill.serving.completions import create_completion
+from tokenmill.tenancy.ledger import CANCELLED, ERROR, FINISHED
+from tokenmill.tenancy.service import Principal, Tenancy
 
 log = logging.getLogger("tokenmill.requests")
 M = TypeVar("M", bound=BaseModel)
 G = TypeVar("G", bound=GenerationFields)
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+Create = Callable[[G, ServingContext, RequestMeter], Awaitable[dict[str, Any] | AsyncIterator[str]]]
+USAGE_GROUPS = ("model", "day", "key", "tier", "user", "status")
 
 
 async def parse_body(request: Request, model: type[M]) -> M:
@@ -75,19 +77,13 @@ async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
     return Response(status_code=499)
 
 
-def make_router(ctx: ServingContext, keys: StaticKeys) -> APIRouter:
+def make_router(ctx: ServingContext, tenancy: Tenancy) -> APIRouter:
     router = APIRouter()
 
-    def respond(result: dict[str, Any] | AsyncIterator[str] | Response) -> Response:
-        if isinstance(result, Response):
-            return result
-        if isinstance(result, dict):
-            return JSONResponse(result)
-        return StreamingResponse(result, media_type="text/event-stream", headers=SSE_HEADERS)
-
-    def log_request(request: Request, kind: str, model: str) -> None:
-        project = request.query_params.get("ai_project_id")
-        log.info("%s model=%s project=%s", kind, model, project or "-")
+    async def authenticate(request: Request) -> Principal:
+        return await tenancy.authenticate(
+            request.headers.get("authorization"), request.query_params.get("ai_project_id")
+        )
 
     @router.get("/health")
     async def health() -> dict[str, str]:
@@ -96,7 +92,7 @@ def make_router(ctx: ServingContext, keys: StaticKeys) -> APIRouter:
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:
         """Engine counters in Prometheus' text format."""
-        keys.check(request)
+        await authenticate(request)
         lines = [
             f"# TYPE tokenmill_{name}_total counter\ntokenmill_{name}_total {value}"
             for name, value in ctx.engine.stats().items()
@@ -105,27 +101,48 @@ def make_router(ctx: ServingContext, keys: StaticKeys) -> APIRouter:
 
     @router.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
-        keys.check(request)
+        await authenticate(request)
         return ctx.models.list()
 
     @router.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-        keys.check(request)
+        await authenticate(request)
         return ctx.models.card(ctx.models.resolve(model_id, param=None))
 
-    async def generate(
-        request: Request,
-        model: type[G],
-        kind: str,
-        create: Callable[[G, ServingContext], Awaitable[dict[str, Any] | AsyncIterator[str]]],
-    ) -> Response:
-        """Authenticate, validate, then stream, or answer unless the client leaves first."""
-        keys.check(request)
+    async def generate(request: Request, model: type[G], kind: str, create: Create[G]) -> Response:
+        """Authenticate, validate, admit, then stream, or answer unless the client leaves
+        first; the request's meter is closed on every path."""
+        principal = await authenticate(request)
         req = await parse_body(request, model)
-        log_request(request, kind, req.model)
-        if req.stream:
-            return respond(await create(req, ctx))
-        return respond(await until_disconnect(request, create(req, ctx)))
+        ctx.models.resolve(req.model)  # 404 before anything is reserved
+        meter = tenancy.meter(
+            principal, ctx.models.model_id, req.model, req.service_tier, kind, req.user
+        )
+        log.info(
+            "%s model=%s project=%s key=%s",
+            kind, req.model, principal.project, principal.caller.key_id,
+        )  # fmt: skip
+        try:
+            if req.stream:
+                body = await create(req, ctx, meter)
+                assert not isinstance(body, dict)
+                return MeteredStream(body, meter)  # closes the meter when the stream ends
+            result = await until_disconnect(request, create(req, ctx, meter))
+        except APIError as e:
+            meter.close(ERROR)
+            e.headers = {**meter.headers(), **e.headers}
+            raise
+        except asyncio.CancelledError:
+            meter.close(CANCELLED)
+            raise
+        except BaseException:
+            meter.close(ERROR)
+            raise
+        if isinstance(result, Response):  # the client left
+            meter.close(CANCELLED)
+            return result
+        meter.close(FINISHED)
+        return JSONResponse(result, headers=meter.headers())
 
     @router.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -135,4 +152,43 @@ def make_router(ctx: ServingContext, keys: StaticKeys) -> APIRouter:
     async def completions(request: Request) -> Response:
         return await generate(request, CompletionRequest, "completion", create_completion)
 
+    @router.get("/v1/usage")
+    async def usage(request: Request) -> dict[str, Any]:
+        """Usage of the caller's project: totals over a time range, grouped as asked."""
+        principal = await authenticate(request)
+        q = request.query_params
+        start, end = (
+            _time_param(q.get("start_time"), "start_time"),
+            _time_param(q.get("end_time"), "end_time"),
+        )
+        groups = [g.strip() for part in q.getlist("group_by") for g in part.split(",")]
+        groups = list(dict.fromkeys(g for g in groups if g))
+        for g in groups:
+            if g not in USAGE_GROUPS:
+                raise BadRequest(
+                    f"Invalid group_by {g!r}: use any of {', '.join(USAGE_GROUPS)}", "group_by"
+                )
+        await tenancy.ledger.flush()  # see every request that has ended so far
+        data = await asyncio.to_thread(
+            tenancy.ledger.summary, principal.project, start, end, groups
+        )
+        return {
+            "object": "list",
+            "project_id": principal.project,
+            "start_time": start,
+            "end_time": end,
+            "group_by": groups,
+            "data": data,
+        }
+
     return router
+
+
+def _time_param(value: str | None, name: str) -> float | None:
+    """UNIX seconds, as OpenAI's usage API takes them."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a UNIX timestamp in seconds", name) from None

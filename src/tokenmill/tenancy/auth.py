@@ -1,38 +1,41 @@
-"""API-key check: ``Authorization: Bearer KEY`` or a bare ``Authorization: KEY``."""
+"""API keys on the wire (``Authorization: Bearer KEY`` or a bare ``Authorization: KEY``) and the
+static keys given on the command line; stored keys live in ``tenancy.keys``."""
 
 from __future__ import annotations
 
 import hmac
 
-from fastapi import Request
-
 from tokenmill.protocol.errors import Unauthorized
 
 
+def bearer_token(header: str | None) -> str:
+    """The key in an ``Authorization`` header, or 401 if there is none."""
+    header = (header or "").strip()
+    scheme, _, rest = header.partition(" ")
+    token = rest.strip() if scheme.lower() == "bearer" else header
+    if not token:
+        raise Unauthorized(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
+        )
+    return token
+
+
 class StaticKeys:
-    """Keys given on the command line or in ``TOKENMILL_API_KEYS``; none means open."""
+    """Keys given on the command line or in ``TOKENMILL_API_KEYS``."""
 
     def __init__(self, keys: tuple[str, ...]) -> None:
-        self._keys = tuple(k.encode() for k in keys if k)
+        self._keys = tuple(k for k in keys if k)
 
     @property
     def open(self) -> bool:
         return not self._keys
 
-    def check(self, request: Request) -> None:
-        if self.open:
-            return
-        header = request.headers.get("authorization", "").strip()
-        if not header:
-            raise Unauthorized(
-                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
-            )
-        scheme, _, rest = header.partition(" ")
-        token = rest.strip() if scheme.lower() == "bearer" else header
+    def match(self, token: str) -> str | None:
+        """The static key equal to ``token``, if any."""
         given = token.encode()
+        found = None
         # Compare against every key in constant time, so timing tells nothing about them.
-        ok = False
         for key in self._keys:
-            ok |= hmac.compare_digest(given, key)
-        if not ok:
-            raise Unauthorized("Incorrect API key provided.")
+            if hmac.compare_digest(given, key.encode()):
+                found = key
+        return found

@@ -1,0 +1,105 @@
+"""The server's view of tenancy: who is calling, for which project, and a meter per request."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+
+from tokenmill.engine.front import AsyncEngine
+from tokenmill.protocol.errors import Forbidden, Unauthorized
+from tokenmill.tenancy.auth import StaticKeys, bearer_token
+from tokenmill.tenancy.db import DEFAULT_PROJECT
+from tokenmill.tenancy.keys import Caller, KeyStore
+from tokenmill.tenancy.ledger import Ledger
+from tokenmill.tenancy.limits import Limits, RateLimiter
+from tokenmill.tenancy.meter import Meter
+from tokenmill.tenancy.tiers import TIERS
+
+_REFUSED = {
+    "invalid": "Incorrect API key provided.",
+    "revoked": "This API key has been revoked.",
+    "expired": "This API key has expired.",
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller acting for one project."""
+
+    caller: Caller
+    project: str
+
+
+def admin_caller(key_id: str) -> Caller:
+    """Static ``--api-key`` keys and open servers: every project and tier, no limits."""
+    return Caller(key_id, None, DEFAULT_PROJECT, Limits(), frozenset(TIERS), None)
+
+
+class Tenancy:
+    def __init__(
+        self,
+        store: KeyStore,
+        ledger: Ledger,
+        static: StaticKeys,
+        engine: AsyncEngine,
+        flex_timeout: float,
+    ) -> None:
+        self.store, self.ledger, self.static, self.engine = store, ledger, static, engine
+        self.flex_timeout = flex_timeout
+        self.limiter = RateLimiter()
+        self._closed = not static.open  # once a key exists the server never reopens
+
+    async def is_open(self) -> bool:
+        """No static keys and no key ever created: anyone may call (the quick start)."""
+        if not self._closed:
+            self._closed = await asyncio.to_thread(self.store.has_keys)
+        return not self._closed
+
+    async def authenticate(self, authorization: str | None, project: str | None) -> Principal:
+        """The caller and project (``ai_project_id``, else the key's default), or 401 (no or
+        bad key) / 403 (project not the key's)."""
+        caller = await self._caller(authorization)
+        project = project or caller.default_project
+        if caller.projects is None:
+            exists = project == DEFAULT_PROJECT or await asyncio.to_thread(
+                self.store.project_exists, project
+            )
+            if not exists:
+                raise Forbidden(f"No such project: {project!r}", code="project_not_found")
+        elif project not in caller.projects:
+            raise Forbidden(
+                f"This API key does not belong to project {project!r}.",
+                code="project_not_allowed",
+            )
+        return Principal(caller, project)
+
+    async def _caller(self, authorization: str | None) -> Caller:
+        if await self.is_open():
+            return admin_caller("open")
+        token = bearer_token(authorization)
+        static = self.static.match(token)
+        if static is not None:
+            return admin_caller("static-" + hashlib.sha256(static.encode()).hexdigest()[:8])
+        found = await asyncio.to_thread(self.store.lookup, token)
+        if isinstance(found, str):
+            raise Unauthorized(_REFUSED[found])
+        return found
+
+    def meter(
+        self,
+        principal: Principal,
+        model: str,
+        asked_as: str,
+        tier: str | None,
+        endpoint: str,
+        user: str | None,
+    ) -> Meter:
+        """A meter for one request on ``model`` (the served id; ``asked_as`` is the name the
+        client used); 403 if the key may not use that model or tier."""
+        allowed = principal.caller.models
+        if allowed is not None and model not in allowed and asked_as not in allowed:
+            raise Forbidden(
+                f"This API key may not use model {asked_as!r}.", "model", code="model_not_allowed"
+            )
+        return Meter(self, principal, model, tier, endpoint, user)
