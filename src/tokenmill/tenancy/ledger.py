@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tokenmill.tenancy.prices import PriceList
@@ -214,7 +215,10 @@ class Ledger:
                 self._commit([op])
                 error = None
                 break
-            except Exception as e:
+            except IntegrityError as e:  # waiting will not fix it
+                error = e
+                break
+            except Exception as e:  # locked, connection lost: worth another try
                 error = e
                 time.sleep(0.1 * 2**attempt)
         if error is not None:

@@ -1,0 +1,47 @@
+"""``db_url``: a fresh database for each test, SQLite always and PostgreSQL where
+``TOKENMILL_TEST_DATABASE_URL`` names a server we may create databases on."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_ENV = "TOKENMILL_TEST_DATABASE_URL"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "tokenmill.db")
+        return
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"{PG_ENV} is not set: no PostgreSQL to test on")
+    yield from _fresh_postgres(base)
+
+
+def _fresh_postgres(base: str) -> Iterator[str]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from tokenmill.tenancy.db import database_url
+
+    admin_url = make_url(database_url(base))
+    name = "tm_test_" + uuid.uuid4().hex[:12]
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:  # a server that is down must not fail the suite
+        admin.dispose()
+        pytest.skip(f"PostgreSQL at {admin_url.render_as_string()} unusable: {e}")
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
