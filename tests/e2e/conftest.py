@@ -9,7 +9,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import IO
 
 import httpx
 import openai
@@ -25,6 +26,7 @@ class Server:
     base_url: str  # ends in /v1
     root: str
     proc: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)  # what it printed (logs), as it comes
 
 
 def free_port() -> int:
@@ -45,7 +47,7 @@ def start_server(*extra: str, env: dict[str, str] | None = None) -> Server:
     )
     deadline = time.time() + 120
     assert proc.stdout is not None
-    lines = []
+    lines: list[str] = []
     while time.time() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -55,9 +57,15 @@ def start_server(*extra: str, env: dict[str, str] | None = None) -> Server:
             # Keep draining output so the server never blocks on a full pipe.
             import threading
 
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
             root = f"http://127.0.0.1:{port}"
-            return Server(f"{root}/v1", root, proc)
+            server = Server(f"{root}/v1", root, proc, lines)
+
+            def drain(out: IO[str]) -> None:
+                for more in out:
+                    lines.append(more)
+
+            threading.Thread(target=drain, args=(proc.stdout,), daemon=True).start()
+            return server
     proc.kill()
     raise RuntimeError("server did not start:\n" + "".join(lines))
 
