@@ -29,7 +29,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def server(db: str) -> Iterator[Server]:
-    s = start_server("--api-key", ADMIN, "--db", db, "--max-num-seqs", "8")
+    s = start_server("--api-key", ADMIN, "--db", db, "--max-num-seqs", "8", "--threads", "1")
     yield s
     stop_server(s)
 
