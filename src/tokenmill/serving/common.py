@@ -251,7 +251,7 @@ async def _first_within(
     """Give up (aborting the engine requests) if nothing comes within ``timeout`` seconds."""
     try:
         first = await asyncio.wait_for(anext(outputs), timeout)
-    except TimeoutError:
+    except asyncio.TimeoutError:  # not yet the builtin TimeoutError on Python 3.10
         meter.timed_out()
         raise QueueTimeout(
             f"The request waited {timeout:g}s for capacity (service_tier 'flex'); retry later "
