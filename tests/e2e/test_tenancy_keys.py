@@ -107,12 +107,16 @@ def test_models_restriction(server: Server, db: str) -> None:
     assert ask(client(server.base_url, mine)).usage is not None
 
 
-def test_static_key_keeps_working_as_an_admin_key(server: Server) -> None:
+def test_static_key_keeps_working_as_an_admin_key(server: Server, db: str) -> None:
     c = client(server.base_url, ADMIN)
     assert ask(c, service_tier="no-limit").service_tier == "no-limit"
-    assert ask(client(server.base_url, ADMIN, project="labs")).usage is not None
-    with pytest.raises(openai.PermissionDeniedError):
-        ask(client(server.base_url, ADMIN, project="ghost"))
+    # An admin key acts for any project id a client sends, and is billed to it.
+    r = ask(client(server.base_url, ADMIN, project="labs"), user="admin-for-labs")
+    r2 = ask(client(server.base_url, ADMIN, project="proj-1"), user="admin-for-proj-1")
+    rows = cli(db, "usage", "--requests", "--format", "csv").stdout.splitlines()
+    by_id = {line.split(",")[0]: line.split(",") for line in rows}
+    assert by_id[r.id][2] == "labs" and by_id[r2.id][2] == "proj-1"
+    assert by_id[r.id][3].startswith("static-")  # the key column: a fingerprint, not the key
 
 
 @pytest.mark.parametrize(
