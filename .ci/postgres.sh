@@ -30,8 +30,8 @@ fi
 initdb=$(pg_bin initdb)
 if [ -z "$initdb" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   echo "postgres.sh: installing PostgreSQL from Debian's packages" >&2
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 600 \
-     apt-get install -y -qq --no-install-recommends postgresql) >/dev/null 2>&1
+  timeout 600 bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+     apt-get install -y -qq --no-install-recommends postgresql' >/dev/null 2>&1
   initdb=$(pg_bin initdb)
 fi
 pg_ctl=$(pg_bin pg_ctl)
