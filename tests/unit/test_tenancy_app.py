@@ -17,6 +17,7 @@ from tokenmill.runner.fake import FakeRunner
 from tokenmill.serving.common import ServingContext
 from tokenmill.serving.models import ModelRegistry
 from tokenmill.serving.template import ChatTemplate
+from tokenmill.structured import GrammarCompiler, make_tokenizer
 from tokenmill.tenancy.auth import StaticKeys
 from tokenmill.tenancy.db import open_database
 from tokenmill.tenancy.keys import KeyStore
@@ -31,7 +32,9 @@ class Stack:
     def __init__(self, tmp: Path, start: bool, max_queue: int = 0, flex_timeout: float = 0.3):
         self.runner = FakeRunner()
         self.engine = AsyncEngine(self.runner, 1, 64, max_queue=max_queue)
-        ctx = ServingContext(self.engine, ModelRegistry("fake"), ChatTemplate(None, "", ""), 4)
+        grammars = GrammarCompiler(make_tokenizer(self.runner.info))
+        template = ChatTemplate(None, "", "")
+        ctx = ServingContext(self.engine, ModelRegistry("fake"), template, 4, grammars)
         self.db = open_database(str(tmp / "t.db"))
         self.ledger = Ledger(self.db)
         tenancy = Tenancy(
