@@ -96,7 +96,9 @@ def template_messages(
     take them)."""
     specs, choice = offered_tools(req)
     native = template_knows_tools and bool(specs)
-    messages = [_message(m, native) for m in req.messages]
+    # Calls and results are rewritten in our format only when the model was told about it.
+    rewrite = bool(specs) and not native
+    messages = [_message(m, rewrite) for m in req.messages]
     if specs and not native:
         prompt = tools_system_prompt(specs, choice)
         if messages and messages[0]["role"] == "system":
@@ -107,13 +109,13 @@ def template_messages(
     return messages, extra
 
 
-def _message(m: ChatMessage, native: bool) -> dict[str, Any]:
+def _message(m: ChatMessage, rewrite: bool) -> dict[str, Any]:
     role = "system" if m.role == "developer" else m.role
     msg: dict[str, Any] = {"role": role, "content": m.text}
     for key in ("name", "tool_calls", "tool_call_id"):
         if getattr(m, key) is not None:
             msg[key] = getattr(m, key)
-    if native:
+    if not rewrite:
         return msg
     # The template cannot show calls and results: write them as the model is asked to.
     if m.role == "assistant" and m.tool_calls:
