@@ -73,7 +73,7 @@ def serve(config: ServeConfig) -> int:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=5,
-            # Only guards h11's buffer; HeaderSizeLimit answers first with a proper 431.
+            # Guards h11's buffer (used without httptools); HeaderSizeLimit answers with a 431.
             h11_max_incomplete_event_size=max(2 * config.max_header_bytes, 64 * 1024),
         )
     )

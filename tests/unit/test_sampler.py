@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from tokenmill.sampling.params import SamplingParams
-from tokenmill.sampling.sampler import SamplerState, apply_penalties, sample_batch
+from tokenmill.sampling.sampler import SamplerState, _draw, apply_penalties, sample_batch
 
 
 def rows(*r: list[float]) -> np.ndarray:
@@ -103,3 +103,28 @@ def test_logprobs_are_of_the_raw_distribution() -> None:
     assert lp is not None
     assert abs(lp.logprob - math.log(0.25)) < 1e-6
     assert [t for t, _ in lp.top] == [1, 0]
+
+
+def test_block_draw_follows_the_distribution_over_a_vocabulary() -> None:
+    # 1000 tokens (not a multiple of the block size), mass in several blocks, masked tokens.
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, 1000).astype(np.float32)
+    logits[::7] = -np.inf  # e.g. a grammar mask: never drawn
+    p = np.exp(logits.astype(np.float64) - logits.max())
+    p /= p.sum()
+    u = rng.random(40_000)
+    counts = np.bincount([_draw(np.exp(logits - logits.max()), x) for x in u], minlength=1000)
+    assert counts[::7].sum() == 0
+    # Each token's count is binomial: within 5 sigma of its expectation.
+    expected = p * u.size
+    assert np.all(np.abs(counts - expected) <= 5 * np.sqrt(expected * (1 - p)) + 1)
+
+
+def test_block_draw_edges_never_pick_a_token_without_weight() -> None:
+    w = np.zeros(600, np.float32)
+    w[[3, 300, 511]] = [1.0, 2.0, 1.0]
+    assert _draw(w, 0.0) == 3
+    assert _draw(w, 0.2) == 3  # 0.8 of a total of 4
+    assert _draw(w, 0.3) == 300
+    assert _draw(w, np.nextafter(1.0, 0.0)) == 511  # u * total rounds up to the total
+    assert {_draw(w, x) for x in np.linspace(0, 0.999999, 999)} == {3, 300, 511}

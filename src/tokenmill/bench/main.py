@@ -39,7 +39,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-tokens", type=int, default=0, help="default depends on the workload")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench-results")
-    p.add_argument("--compare", action="store_true", help="run tokenmill, then llama-server")
+    p.add_argument(
+        "--compare", action="store_true", help="tokenmill against llama-server, level by level"
+    )
     p.add_argument("--peer-binary", default=DEFAULT_PEER)
     p.add_argument("--model-path", help="GGUF for --compare (default: the embedded model)")
     p.add_argument("--threads", type=int, default=2)
@@ -59,24 +61,34 @@ def _workloads(args: argparse.Namespace) -> list[str]:
     return names
 
 
-def bench_server(
-    base_url: str, api_key: str, model: str, args: argparse.Namespace, label: str
-) -> dict[str, list[dict[str, Any]]]:
-    """Every workload at every concurrency level against one server."""
-    out: dict[str, list[dict[str, Any]]] = {}
+def bench_servers(
+    targets: dict[str, str], api_key: str, model: str, args: argparse.Namespace
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Every workload at every concurrency level against each server (label → base URL).
+
+    With several servers, each level runs on all of them back to back, in an order that
+    alternates from level to level, so a machine that speeds up or slows down during the run
+    (shared VMs drift by 10-30% over minutes) biases no server: the ratios compare runs made
+    within seconds of each other. Idle servers cost nothing while another one is measured.
+    """
+    labels = list(targets)
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {label: {} for label in labels}
     for w in _workloads(args):
-        rows = []
         # Warm-up: first requests pay for page faults and graph allocation.
         warm = make_requests(w, model, 2, args.max_tokens or None, args.seed + 999)
-        asyncio.run(run_level(base_url, api_key, warm, 1, f"{label} warmup"))
-        for c in _levels(args):
+        for label in labels:
+            asyncio.run(run_level(targets[label], api_key, warm, 1, f"{label} warmup"))
+            out[label][w] = []
+        for i, c in enumerate(_levels(args)):
             n = args.requests or max(16, 4 * c)
             reqs = make_requests(w, model, n, args.max_tokens or None, args.seed + c)
-            level = asyncio.run(
-                run_level(base_url, api_key, reqs, c, f"{label} {w}", args.duration or None)
-            )
-            rows.append(report.summarize(level))
-        out[w] = rows
+            for label in labels if i % 2 == 0 else labels[::-1]:
+                level = asyncio.run(
+                    run_level(
+                        targets[label], api_key, reqs, c, f"{label} {w}", args.duration or None
+                    )
+                )
+                out[label][w].append(report.summarize(level))
     return out
 
 
@@ -103,14 +115,16 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(
                 f"peer binary {args.peer_binary} not found: run benchmarks/build_llama_server.sh"
             )
-        with running(tokenmill_cmd(settings, new_port()), "tokenmill") as url:
-            results["tokenmill"] = bench_server(url, BENCH_KEY, "bench-model", args, "tokenmill")
-        cmd = llama_server_cmd(args.peer_binary, settings, new_port())
-        with running(cmd, "llama-server") as url:
-            results["llama-server"] = bench_server(url, BENCH_KEY, "bench-model", args, "peer")
+        peer_cmd = llama_server_cmd(args.peer_binary, settings, new_port())
+        with (
+            running(tokenmill_cmd(settings, new_port()), "tokenmill") as ours,
+            running(peer_cmd, "llama-server") as peer,
+        ):
+            targets = {"tokenmill": ours, "llama-server": peer}
+            results = bench_servers(targets, BENCH_KEY, "bench-model", args)
     else:
         model = args.model or _first_model(args.base_url, args.api_key)
-        results["server"] = bench_server(args.base_url, args.api_key, model, args, "server")
+        results = bench_servers({"server": args.base_url}, args.api_key, model, args)
     text = _render(results, meta)
     print(text)
     (out_dir / "results.md").write_text(text)

@@ -1,8 +1,10 @@
 """Token selection for a whole batch of logits rows, one ``SamplerState`` per sequence.
 
-Greedy rows without penalties are one vectorised argmax. Other rows are filtered on a small
-candidate set: ``top_p`` and ``min_p`` need only the few most likely tokens, found with
+Greedy rows without penalties are one vectorised argmax. Plain temperature sampling draws
+from the whole vocabulary without a full cumulative sum (``_draw``). Other rows are filtered on
+a small candidate set: ``top_p`` and ``min_p`` need only the few most likely tokens, found with
 ``argpartition`` and widened until the filter is provably exact, never a full-vocabulary sort.
+Exponentials run in float32, where NumPy vectorises them; sums and cumulative sums in float64.
 """
 
 from __future__ import annotations
@@ -90,9 +92,7 @@ def sample_batch(
 
 
 def log_softmax(row: FloatArray) -> npt.NDArray[np.float64]:
-    x = row.astype(np.float64)
-    m = x.max()
-    return x - (m + np.log(np.exp(x - m).sum()))
+    return row.astype(np.float64) - _lse(row)
 
 
 def top_k_logprobs(logp: npt.NDArray[np.float64], k: int) -> tuple[tuple[int, float], ...]:
@@ -125,7 +125,9 @@ def _sample_row(row: FloatArray, st: SamplerState) -> int:
         row[st.bias_ids] += st.bias_vals
     if p.greedy:
         return int(np.argmax(row))
-    x = row.astype(np.float64) / p.temperature
+    x = row * np.float32(1.0 / p.temperature)
+    if p.top_k <= 0 and p.top_p >= 1.0 and p.min_p <= 0.0:
+        return _draw(np.exp(x - x.max()), st.rng.random())
     ids, probs = _candidates(x, p)
     if p.top_p < 1.0:
         keep = np.cumsum(probs) - probs < p.top_p  # always keeps the most likely token
@@ -138,8 +140,33 @@ def _sample_row(row: FloatArray, st: SamplerState) -> int:
     return int(ids[min(pick, ids.shape[0] - 1)])
 
 
+_BLOCK = 256
+
+
+def _draw(weights: FloatArray, u: float) -> int:
+    """The index ``i`` drawn with probability ``weights[i] / weights.sum()``, for ``u`` uniform
+    in [0, 1).
+
+    A cumulative sum over the whole vocabulary is a sequential loop (~0.2 ms for 49k floats in
+    float64); summing blocks is vectorised, so this searches the block sums, then one block.
+    """
+    pad = -weights.shape[0] % _BLOCK
+    w = np.concatenate([weights, np.zeros(pad, weights.dtype)]) if pad else weights
+    block_cdf = np.cumsum(w.reshape(-1, _BLOCK).sum(axis=1, dtype=np.float64))
+    target = u * block_cdf[-1]
+    b = int(np.searchsorted(block_cdf, target, side="right"))
+    if b >= block_cdf.shape[0]:  # u * total rounded up to the total: the last block with mass
+        b = int(np.flatnonzero(np.diff(block_cdf, prepend=0.0))[-1])
+    block = w[b * _BLOCK : (b + 1) * _BLOCK]
+    inner = np.cumsum(block, dtype=np.float64)
+    j = int(np.searchsorted(inner, target - (block_cdf[b - 1] if b else 0.0), side="right"))
+    if j >= _BLOCK:  # rounding between the two sums: the block's last token with weight
+        j = int(np.flatnonzero(block)[-1])
+    return b * _BLOCK + j
+
+
 def _candidates(
-    x: npt.NDArray[np.float64], p: SamplingParams
+    x: FloatArray, p: SamplingParams
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Token ids sorted by probability and their probabilities, enough for the filters.
 
@@ -149,17 +176,15 @@ def _candidates(
     vocab = x.shape[0]
     if p.top_k > 0 and p.top_k < vocab:
         ids = np.argpartition(x, -p.top_k)[-p.top_k :]
-        return _sorted_probs(ids, x[ids], _lse(x[ids]))
+        vals = x[ids].astype(np.float64)
+        return _sorted_probs(ids, vals, _lse(vals))
     lse = _lse(x)
-    if p.top_p >= 1.0 and p.min_p <= 0.0:
-        probs = np.exp(x - lse)
-        return np.arange(vocab, dtype=np.int64), probs
     k = 64
     while True:
         if k >= vocab:
-            return _sorted_probs(np.arange(vocab, dtype=np.int64), x, lse)
+            return _sorted_probs(np.arange(vocab, dtype=np.int64), x.astype(np.float64), lse)
         ids = np.argpartition(x, -k)[-k:]
-        ids, probs = _sorted_probs(ids, x[ids], lse)
+        ids, probs = _sorted_probs(ids, x[ids].astype(np.float64), lse)
         # Exact once the k best already cover top_p's mass and fall below min_p's cut-off.
         covers_p = p.top_p >= 1.0 or probs.sum() >= p.top_p
         covers_min = p.min_p <= 0.0 or probs[-1] < p.min_p * probs[0]
@@ -175,6 +200,8 @@ def _sorted_probs(
     return ids[order], np.exp(vals[order] - lse)
 
 
-def _lse(x: npt.NDArray[np.float64]) -> float:
-    m = float(x.max())
-    return m + float(np.log(np.exp(x - m).sum()))
+def _lse(x: npt.NDArray[np.float32] | npt.NDArray[np.float64]) -> float:
+    """log(sum(exp(x))): exp in the input's precision (float32 is SIMD, ~7x faster than
+    float64 over a vocabulary), the sum in float64."""
+    m = x.max()
+    return float(m) + float(np.log(np.exp(x - m).sum(dtype=np.float64)))
