@@ -26,6 +26,7 @@ class ServeConfig:
     max_batch_tokens: int = 512  # tokens per engine step (decodes + prompt chunks)
     max_body_bytes: int = 4 * 1024 * 1024
     prefix_cache: bool = True  # reuse KV of shared prompt prefixes
+    flash_attn: bool = False  # faster prefill, but outputs then depend on batching
     spec_tokens: int = 0  # prompt-lookup speculative decoding: draft length (0: off)
     spec_max_seqs: int = 1  # speculate only while at most this many sequences decode
     log_level: str = "info"

@@ -33,6 +33,7 @@ def build_context(config: ServeConfig) -> ServingContext:
         n_threads=config.n_threads,
         n_seq_max=config.max_num_seqs,
         n_batch=config.max_batch_tokens,
+        flash_attn=config.flash_attn,
     )
     info = runner.info
     template = ChatTemplate(

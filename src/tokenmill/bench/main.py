@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ctx-size", type=int, default=4096, help="per sequence, for --compare")
     p.add_argument("--slots", type=int, default=8, help="parallel sequences, for --compare")
+    p.add_argument(
+        "--tokenmill-args",
+        default="",
+        help='extra `tokenmill serve` flags for --compare, e.g. "--flash-attn"',
+    )
 
 
 def _levels(args: argparse.Namespace) -> list[int]:
@@ -116,8 +122,10 @@ def run(args: argparse.Namespace) -> int:
                 f"peer binary {args.peer_binary} not found: run benchmarks/build_llama_server.sh"
             )
         peer_cmd = llama_server_cmd(args.peer_binary, settings, new_port())
+        ours_cmd = tokenmill_cmd(settings, new_port(), shlex.split(args.tokenmill_args))
+        meta["tokenmill_cmd"] = " ".join(ours_cmd[1:])
         with (
-            running(tokenmill_cmd(settings, new_port()), "tokenmill") as ours,
+            running(ours_cmd, "tokenmill") as ours,
             running(peer_cmd, "llama-server") as peer,
         ):
             targets = {"tokenmill": ours, "llama-server": peer}

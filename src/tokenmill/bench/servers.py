@@ -30,7 +30,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def tokenmill_cmd(s: ServerSettings, port: int) -> list[str]:
+def tokenmill_cmd(s: ServerSettings, port: int, extra: list[str] | None = None) -> list[str]:
+    return [*_tokenmill_base(s, port), *(extra or [])]
+
+
+def _tokenmill_base(s: ServerSettings, port: int) -> list[str]:
     return [
         sys.executable, "-m", "tokenmill", "serve", "--port", str(port),
         "--model", s.model_path, "--served-model-name", "bench-model",

@@ -8,8 +8,10 @@ the interleaved layout changes rounding in attention and Q8 activation quantizat
 it into different greedy outputs. Flash attention is off for the same reason: its CPU kernel
 picks a tiled, a per-row or a split-KV path by the shape of each chunk, so a prompt computed
 in two chunks (prefix cache, chunked prefill) or a long context next to other sequences would
-round differently. Measured on the embedded model, the plain path costs about 1 ms per step
-at short contexts and is faster beyond ~500 tokens. The last source of batch dependence is
+round differently. Measured on the embedded model (bare decode loop, tinyBLAS off), flash
+attention is ~8% faster per decode step at 100 tokens of context, ~20% slower at 700, and
+prefills ~25-35% faster; ``--flash-attn`` turns it on for those who prefer the prefill speed to
+batch-invariant outputs. The last source of batch dependence is
 llamafile's tinyBLAS, which takes over a sequence's attention matmuls once it has two or more
 tokens in the step: one token decoded alone and the same token inside a chunk would round
 differently (0.3-1.5 on a logit). We build llama.cpp without it (see the Makefile), and then
@@ -67,7 +69,15 @@ def llamafile_enabled() -> bool:
 class LlamaRunner:
     """A GGUF model loaded in llama.cpp, decoding batches over ``n_seq_max`` KV slots."""
 
-    def __init__(self, path: str, n_ctx: int, n_threads: int, n_seq_max: int, n_batch: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        n_ctx: int,
+        n_threads: int,
+        n_seq_max: int,
+        n_batch: int,
+        flash_attn: bool = False,
+    ) -> None:
         _init_backend()
         if llamafile_enabled():
             log.warning(
@@ -89,7 +99,8 @@ class LlamaRunner:
         cparams.n_threads_batch = n_threads
         cparams.kv_unified = False  # one stream per slot: batch-invariant outputs (see above)
         cparams.no_perf = True
-        cparams.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED: see the module docstring
+        # LLAMA_FLASH_ATTN_TYPE_DISABLED/ENABLED. Off by default: see the module docstring.
+        cparams.flash_attn_type = 1 if flash_attn else 0
         self._ctx = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create a context")
@@ -98,12 +109,13 @@ class LlamaRunner:
         self._alloc_batch(n_batch)
         self.info = self._read_info(path, L.llama_n_ctx_seq(self._ctx), n_seq_max)
         log.info(
-            "loaded %s: vocab %d, context %d per sequence, %d slots, %d threads",
+            "loaded %s: vocab %d, context %d per sequence, %d slots, %d threads%s",
             Path(path).name,
             self.info.vocab_size,
             self.info.n_ctx,
             n_seq_max,
             n_threads,
+            ", flash attention (outputs depend on batching)" if flash_attn else "",
         )
 
     # -- model facts ------------------------------------------------------------------------
