@@ -1,8 +1,8 @@
 """A bare llama_decode loop on tokenmill's runner settings: the ceiling for single-stream decode.
 
-Usage: .venv/bin/python benchmarks/bare_decode.py [--threads 2] [--steps 200]
-Prints ms/step and tokens/s for batch sizes 1 and 8 at a short context, with no HTTP, no
-scheduler and no sampling: compare with `tokenmill bench` inter-token latency.
+Usage: .venv/bin/python benchmarks/bare_decode.py [--threads 2] [--steps 200] [--flash-attn]
+Prints ms/step and tokens/s for batches of 1, 2, 4 and 8 sequences at a short context, with no
+HTTP, no scheduler and no sampling: compare with `tokenmill bench` inter-token latency.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--context", type=int, default=64)
+    ap.add_argument("--context", type=int, default=100)
+    ap.add_argument("--flash-attn", action="store_true")
     args = ap.parse_args()
-    runner = LlamaRunner(str(embedded_model_path()), 4096, args.threads, 8, 512)
+    runner = LlamaRunner(
+        str(embedded_model_path()), 4096, args.threads, 8, 512, flash_attn=args.flash_attn
+    )
     rng = np.random.default_rng(0)
-    for nseq in (1, 8):
+    for nseq in (1, 2, 4, 8):
         for s in range(8):
             runner.trim(s, 0)
         for s in range(nseq):

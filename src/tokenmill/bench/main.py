@@ -51,7 +51,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--tokenmill-args",
         default="",
-        help='extra `tokenmill serve` flags for --compare, e.g. "--flash-attn"',
+        help='extra `tokenmill serve` flags for --compare, e.g. --tokenmill-args="--flash-attn"',
     )
 
 
