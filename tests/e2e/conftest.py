@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -91,10 +91,16 @@ def client(server: Server) -> openai.OpenAI:
 
 
 @pytest.fixture
-def aclient(server: Server) -> openai.AsyncOpenAI:
-    # Per test: each async test runs on its own event loop, and pooled connections of a
-    # closed loop cannot be reused.
-    return openai.AsyncOpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120)
+async def aclient(
+    server: Server, request: pytest.FixtureRequest
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    """Per test: each async test runs on its own event loop, and pooled connections of a
+    closed loop cannot be reused. A module may set ``CLIENT_TIMEOUT`` (seconds)."""
+    timeout = getattr(request.module, "CLIENT_TIMEOUT", 120)
+    async with openai.AsyncOpenAI(
+        base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=timeout
+    ) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import openai
 
@@ -23,6 +24,14 @@ def cli(db: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[
     if check:
         assert r.returncode == 0, (args, r.stdout, r.stderr)
     return r
+
+
+def new_db(directory: Path, *projects: str) -> str:
+    """A fresh SQLite database in ``directory`` holding ``projects``."""
+    path = str(directory / "tokenmill.db")
+    for project in projects:
+        cli(path, "projects", "create", project)
+    return path
 
 
 def new_key(db: str, *flags: str) -> tuple[str, str]:

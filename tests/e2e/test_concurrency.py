@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -28,16 +28,6 @@ MAX_TOKENS = 32
 LONG_STORY = "Tell me a very long story about a dragon who learns to fly."
 # <|endoftext|> and <|im_end|>: banned so a long generation cannot end early by itself.
 NO_EOS = {"0": -100, "2": -100}
-
-
-@pytest.fixture
-async def aclient(server: Server) -> AsyncIterator[openai.AsyncOpenAI]:
-    """A fresh async client per test: each async test runs on its own event loop, and a
-    session-wide client's pooled connections would be bound to a loop that is gone."""
-    async with openai.AsyncOpenAI(
-        base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120
-    ) as c:
-        yield c
 
 
 def messages(prompt: str) -> list[dict[str, str]]:

@@ -16,7 +16,6 @@ import datetime
 import json
 import re
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,6 +36,8 @@ MIN_STOP_RATIO = 0.9
 
 # The schema runs queue ~50 requests on an 8-sequence server: give the module room.
 pytestmark = pytest.mark.timeout(900)
+# conftest's aclient: non-streamed requests wait in the queue behind others.
+CLIENT_TIMEOUT = 600
 
 
 def user(content: str) -> Any:
@@ -137,20 +138,36 @@ async def both_ways(aclient: openai.AsyncOpenAI, case: str, seed: int, **kw: Any
     return a + b
 
 
+async def guided_samples(
+    aclient: openai.AsyncOpenAI,
+    field: str,
+    cases: list[tuple[str, str, Any]],
+    first_seed: int,
+    max_tokens: int = SHORT_TOKENS,
+) -> list[Sample]:
+    """Each ``(case, prompt, constraint)`` under ``field`` at temperature 1 with n=3, streamed
+    and not, all sent at once so the server batches them."""
+    runs = [
+        both_ways(
+            aclient,
+            case,
+            first_seed + i,
+            messages=user(prompt),
+            n=3,
+            max_tokens=max_tokens,
+            extra_body={field: value},
+            **HOT,
+        )
+        for i, (case, prompt, value) in enumerate(cases)
+    ]
+    return [s for group in await asyncio.gather(*runs) for s in group]
+
+
 def report(label: str, samples: list[Sample]) -> float:
     stops = sum(s.finish_reason == "stop" for s in samples)
     print(f"\n{label}: {stops}/{len(samples)} finished with stop, the rest with length")
     assert all(s.finish_reason in ("stop", "length") for s in samples), samples
     return stops / len(samples)
-
-
-@pytest.fixture
-async def aclient(server: Server) -> AsyncIterator[openai.AsyncOpenAI]:
-    """A generous read timeout: non-streamed requests wait in the queue behind others."""
-    async with openai.AsyncOpenAI(
-        base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=600
-    ) as c:
-        yield c
 
 
 # -- the schemas ------------------------------------------------------------------------------
@@ -402,20 +419,8 @@ def schema_samples(server: Server) -> list[Sample]:
         async with openai.AsyncOpenAI(
             base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=900
         ) as c:
-            runs = [
-                both_ways(
-                    c,
-                    case,
-                    seed,
-                    messages=user(f"{prompt} Answer in JSON."),
-                    n=3,
-                    max_tokens=JSON_TOKENS,
-                    extra_body={"guided_json": schema},
-                    **HOT,
-                )
-                for seed, (case, prompt, schema) in enumerate(SCHEMAS)
-            ]
-            return [s for samples in await asyncio.gather(*runs) for s in samples]
+            cases = [(case, f"{p} Answer in JSON.", schema) for case, p, schema in SCHEMAS]
+            return await guided_samples(c, "guided_json", cases, 0, JSON_TOKENS)
 
     started = time.monotonic()
     samples = asyncio.run(run())
@@ -485,20 +490,8 @@ REGEXES: list[tuple[str, str]] = [
 
 
 async def test_regex_outputs_match(aclient: openai.AsyncOpenAI) -> None:
-    runs = [
-        both_ways(
-            aclient,
-            regex,
-            100 + i,
-            messages=user(prompt),
-            n=3,
-            max_tokens=SHORT_TOKENS,
-            extra_body={"guided_regex": regex},
-            **HOT,
-        )
-        for i, (regex, prompt) in enumerate(REGEXES)
-    ]
-    samples = [s for group in await asyncio.gather(*runs) for s in group]
+    cases = [(regex, prompt, regex) for regex, prompt in REGEXES]
+    samples = await guided_samples(aclient, "guided_regex", cases, 100)
     for s in samples:
         if s.finish_reason == "stop":
             assert re.fullmatch(s.case, s.text), s
@@ -510,20 +503,8 @@ CHOICES = ["Paris", "London", "Berlin", "Rio de Janeiro", "São Paulo"]
 
 async def test_choice_outputs_match(aclient: openai.AsyncOpenAI) -> None:
     prompts = ["Write a poem about the sea.", "What is 2 + 2?", "Which city is the best?"]
-    runs = [
-        both_ways(
-            aclient,
-            prompt,
-            200 + i,
-            messages=user(prompt),
-            n=3,
-            max_tokens=SHORT_TOKENS,
-            extra_body={"guided_choice": CHOICES},
-            **HOT,
-        )
-        for i, prompt in enumerate(prompts)
-    ]
-    samples = [s for group in await asyncio.gather(*runs) for s in group]
+    cases = [(prompt, prompt, CHOICES) for prompt in prompts]
+    samples = await guided_samples(aclient, "guided_choice", cases, 200)
     for s in samples:
         assert s.finish_reason == "stop", s  # no choice is near max_tokens
         assert s.text in CHOICES, s
@@ -548,20 +529,8 @@ async def test_grammar_outputs_match(aclient: openai.AsyncOpenAI) -> None:
         (ARITHMETIC, ARITHMETIC_RE, "Write a sum."),
         (SENTENCE, SENTENCE_RE, "What is six times seven?"),
     ]
-    runs = [
-        both_ways(
-            aclient,
-            pattern,
-            300 + i,
-            messages=user(prompt),
-            n=3,
-            max_tokens=SHORT_TOKENS,
-            extra_body={"guided_grammar": grammar},
-            **HOT,
-        )
-        for i, (grammar, pattern, prompt) in enumerate(cases)
-    ]
-    samples = [s for group in await asyncio.gather(*runs) for s in group]
+    by_pattern = [(pattern, prompt, grammar) for grammar, pattern, prompt in cases]
+    samples = await guided_samples(aclient, "guided_grammar", by_pattern, 300)
     for s in samples:
         assert s.finish_reason == "stop", s  # both grammars are short and bounded
         assert re.fullmatch(s.case, s.text), s

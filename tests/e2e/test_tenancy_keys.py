@@ -11,17 +11,14 @@ import openai
 import pytest
 
 from tests.e2e.conftest import Server, start_server, stop_server
-from tests.e2e.tenancy_helpers import MESSAGES, MODEL, cli, client, new_key
+from tests.e2e.tenancy_helpers import MESSAGES, MODEL, cli, client, new_db, new_key
 
 ADMIN = "tm-static-admin-key"
 
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = str(tmp_path_factory.mktemp("keys") / "tokenmill.db")
-    cli(path, "projects", "create", "acme")
-    cli(path, "projects", "create", "labs")
-    return path
+    return new_db(tmp_path_factory.mktemp("keys"), "acme", "labs")
 
 
 @pytest.fixture(scope="module")

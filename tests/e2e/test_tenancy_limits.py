@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import Server, start_server, stop_server
-from tests.e2e.tenancy_helpers import MODEL, aclient, cli, client, new_key
+from tests.e2e.tenancy_helpers import MODEL, aclient, client, new_db, new_key
 
 ADMIN = "tm-static-admin-key"
 PROMPT = [1000 + i for i in range(10)]  # token ids: exactly 10 prompt tokens
@@ -22,9 +22,7 @@ RATE_HEADERS = ("limit", "remaining", "reset")
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = str(tmp_path_factory.mktemp("limits") / "tokenmill.db")
-    cli(path, "projects", "create", "acme")
-    return path
+    return new_db(tmp_path_factory.mktemp("limits"), "acme")
 
 
 @pytest.fixture(scope="module")
@@ -129,39 +127,35 @@ async def settled_total(server: Server, key: str, key_id: str) -> int:
     raise AssertionError("the request never ended in the ledger")
 
 
+def ask_tier(c: openai.OpenAI, service_tier: str | None = None) -> Any:
+    """A 2-token completion in ``service_tier`` (none: the key's default, ``auto``)."""
+    body = {"service_tier": service_tier} if service_tier else None
+    return c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body=body)
+
+
 def test_auto_falls_back_to_over_limit_only_when_granted(server: Server, db: str) -> None:
     key, _ = new_key(db, "--project", "acme", "--rpm", "1", "--tiers", "default,over-limit")
     c = client(server.base_url, key)
-
-    def ask(service_tier: str | None = None) -> Any:
-        body = {"service_tier": service_tier} if service_tier else None
-        return c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body=body)
-
-    assert ask().service_tier == "default"
-    assert ask().service_tier == "over-limit"  # auto, limited: falls back
-    assert ask(service_tier="over-limit").service_tier == "over-limit"
+    assert ask_tier(c).service_tier == "default"
+    assert ask_tier(c).service_tier == "over-limit"  # auto, limited: falls back
+    assert ask_tier(c, "over-limit").service_tier == "over-limit"
     with pytest.raises(openai.RateLimitError):
-        ask(service_tier="default")
+        ask_tier(c, "default")
     plain, _ = new_key(db, "--project", "acme", "--rpm", "1")
     c = client(server.base_url, plain)
-    assert ask().service_tier == "default"
+    assert ask_tier(c).service_tier == "default"
     with pytest.raises(openai.RateLimitError):
-        ask()
+        ask_tier(c)
 
 
 def test_no_limit_tier_is_exempt(server: Server, db: str) -> None:
     key, _ = new_key(db, "--project", "acme", "--rpm", "1", "--tiers", "default,no-limit")
     c = client(server.base_url, key)
-
-    def ask(service_tier: str | None = None) -> Any:
-        body = {"service_tier": service_tier} if service_tier else None
-        return c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body=body)
-
-    assert ask().service_tier == "default"
+    assert ask_tier(c).service_tier == "default"
     for _ in range(3):
-        assert ask(service_tier="no-limit").service_tier == "no-limit"
+        assert ask_tier(c, "no-limit").service_tier == "no-limit"
     with pytest.raises(openai.RateLimitError):
-        ask(service_tier="default")
+        ask_tier(c, "default")
 
 
 @pytest.fixture(scope="module")

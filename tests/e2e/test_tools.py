@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,7 +20,7 @@ import openai
 import pydantic
 import pytest
 
-from tests.e2e.conftest import API_KEY, MODEL, Server
+from tests.e2e.conftest import MODEL
 
 CHAT = "/v1/chat/completions"
 HOT: dict[str, Any] = {"temperature": 1.0}
@@ -31,6 +30,7 @@ CALL_TOKENS = 300
 MIN_FINISHED_RATIO = 0.75
 
 pytestmark = pytest.mark.timeout(600)
+CLIENT_TIMEOUT = 600  # conftest's aclient: requests queue behind others
 
 
 def user(content: str) -> Any:
@@ -188,14 +188,6 @@ def report(label: str, choices: list[Choice], done: str = "tool_calls") -> float
     finished = sum(c.finish_reason != "length" for c in choices)
     print(f"\n{label}: {finished}/{len(choices)} finished ({done} or stop), the rest by length")
     return finished / len(choices)
-
-
-@pytest.fixture
-async def aclient(server: Server) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=600
-    ) as c:
-        yield c
 
 
 # -- tool_choice ------------------------------------------------------------------------------
