@@ -31,15 +31,12 @@ def _free_port() -> int:
 
 
 def tokenmill_cmd(s: ServerSettings, port: int, extra: list[str] | None = None) -> list[str]:
-    return [*_tokenmill_base(s, port), *(extra or [])]
-
-
-def _tokenmill_base(s: ServerSettings, port: int) -> list[str]:
     return [
         sys.executable, "-m", "tokenmill", "serve", "--port", str(port),
         "--model", s.model_path, "--served-model-name", "bench-model",
         "--threads", str(s.threads), "--ctx-size", str(s.ctx_size),
         "--max-num-seqs", str(s.slots), "--api-key", BENCH_KEY, "--log-level", "warning",
+        *(extra or []),
     ]  # fmt: skip
 
 
