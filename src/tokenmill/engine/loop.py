@@ -12,51 +12,22 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from tokenmill.core.scheduler import Scheduler, SchedulerOutput
-from tokenmill.core.sequence import FINISH_REASON, SeqStatus, Sequence, SequenceGroup
+from tokenmill.core.sequence import SeqStatus, Sequence, SequenceGroup
 from tokenmill.core.spec import NgramIndex
 from tokenmill.engine.batch import build_batch
 from tokenmill.engine.detok import Detokenizer
-from tokenmill.engine.messages import ChoiceDelta, EngineRequest, PromptLogprob, RequestOutput
-from tokenmill.engine.prompt_logprobs import prompt_logprobs_rows
+from tokenmill.engine.live import LiveRequest, Sink
+from tokenmill.engine.messages import ChoiceDelta, EngineRequest, RequestOutput
+from tokenmill.engine.verify import Pick, sample_picks
 from tokenmill.runner.base import KVCacheFull, ModelRunner
-from tokenmill.sampling.sampler import FloatArray, SamplerState, TokenLogprob, sample_batch
-from tokenmill.structured.matcher import Matcher, apply_masks
+from tokenmill.sampling.sampler import SamplerState
 
 log = logging.getLogger(__name__)
-
-Sink = Callable[[RequestOutput], None]
-
-
-@dataclass(eq=False)
-class _Live:
-    """Engine-side state of one request."""
-
-    request: EngineRequest
-    group: SequenceGroup
-    sink: Sink
-    samplers: list[SamplerState]
-    detoks: list[Detokenizer]
-    prompt_logprobs: list[PromptLogprob | None] | None = None
-    prompt_logprobs_sent: bool = False
-    outputs: dict[int, ChoiceDelta] = field(default_factory=dict)
-    ngrams: list[NgramIndex] = field(default_factory=list)  # per choice, for speculation
-    matchers: list[Matcher] = field(default_factory=list)  # per choice, when constrained
-
-
-@dataclass(frozen=True, slots=True)
-class _Pick:
-    """A sequence that samples this step: from logits ``row``, then, while the model agrees
-    with ``draft``, from the rows after it."""
-
-    seq: Sequence
-    row: int
-    draft: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +61,7 @@ class EngineLoop:
         self.spec_tokens = spec_tokens  # draft length for prompt-lookup speculation; 0: off
         self.spec_proposed = self.spec_accepted = 0  # lifetime draft tokens, for stats
         self._inbox: queue.SimpleQueue[_Submit | _Abort | None] = queue.SimpleQueue()
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, LiveRequest] = {}
         self._next_seq_id = 0
         self._thread: threading.Thread | None = None
         self.steps = 0
@@ -169,7 +140,7 @@ class EngineLoop:
             )
             self._next_seq_id += 1
             group.seqs.append(seq)
-        live = _Live(
+        live = LiveRequest(
             request=req,
             group=group,
             sink=sink,
@@ -195,13 +166,13 @@ class EngineLoop:
         deltas = [ChoiceDelta(s.index, finish_reason="abort") for s in live.group.seqs]
         self._send(live, RequestOutput(request_id, deltas, live.group.prompt_len, finished=True))
 
-    def _fail(self, live: _Live, message: str) -> None:
+    def _fail(self, live: LiveRequest, message: str) -> None:
         self._live.pop(live.request.request_id, None)
         self.scheduler.finish_group(live.group, SeqStatus.FINISHED_ERROR)
         out = RequestOutput(live.request.request_id, [], live.group.prompt_len, True, error=message)
         self._send(live, out)
 
-    def _send(self, live: _Live, out: RequestOutput) -> None:
+    def _send(self, live: LiveRequest, out: RequestOutput) -> None:
         try:
             live.sink(out)
         except Exception:  # the receiving side is gone (e.g. event loop closed)
@@ -250,7 +221,7 @@ class EngineLoop:
         self.scheduler.kv_cells = max(self.scheduler.kv_cells * 15 // 16, 1)
         log.warning("KV cache full; usable cells now %d", self.scheduler.kv_cells)
 
-    def _live_of(self, seq: Sequence) -> _Live | None:
+    def _live_of(self, seq: Sequence) -> LiveRequest | None:
         return self._live.get(seq.group.request_id)
 
     # -- after the batch ---------------------------------------------------------------------
@@ -271,67 +242,41 @@ class EngineLoop:
                 seq.draft = live.ngrams[seq.index].propose(room)
 
     def _postprocess(self, plan: SchedulerOutput, logits: np.ndarray) -> None:
-        picks: list[_Pick] = []
+        picks: list[Pick] = []
         row = 0
         leader_row: dict[int, int] = {}
         for chunk in plan.chunks:
             n_rows = chunk.num_rows
-            if chunk.all_logits:
-                self._collect_prompt_logprobs(chunk.seq, chunk.start, logits[row : row + n_rows])
+            if chunk.all_logits and (live := self._live_of(chunk.seq)) is not None:
+                live.collect_prompt_logprobs(chunk.seq, chunk.start, logits[row : row + n_rows])
             if chunk.sample:
                 first = row + n_rows - 1 - chunk.num_draft
                 leader_row[chunk.seq.seq_id] = first
-                picks.append(_Pick(chunk.seq, first, tuple(chunk.seq.draft)))
+                picks.append(Pick(chunk.seq, first, tuple(chunk.seq.draft)))
             row += n_rows
         # Forked children sample their first token from their leader's last prompt logits.
-        picks += [_Pick(child, leader_row[leader.seq_id]) for leader, child in plan.forks]
+        picks += [Pick(child, leader_row[leader.seq_id]) for leader, child in plan.forks]
         if not picks:
             return
         lives = [self._live[p.seq.group.request_id] for p in picks]
         states = [live.samplers[p.seq.index] for p, live in zip(picks, lives, strict=True)]
-        verified = self._verify(logits, picks, states)
+        matchers = [live.matcher_of(p.seq) for p, live in zip(picks, lives, strict=True)]
+        verified = sample_picks(logits, picks, states, matchers)
         for pick, live, sampled in zip(picks, lives, verified, strict=True):
             seq = pick.seq
             if pick.draft:
                 self._settle_draft(seq, len(sampled) - 1)
             for j, (tok, lp) in enumerate(sampled):
-                # _verify already observed every token but the last.
-                self._advance(live, seq, tok, lp, observed=j < len(sampled) - 1)
-                if seq.status.finished:
+                # sample_picks already observed every token but the last.
+                status = live.advance(seq, tok, lp, self.info, observed=j < len(sampled) - 1)
+                if status is not None:
+                    self.scheduler.finish(seq, status)
                     break
         for live in {id(live): live for live in lives}.values():
-            self._emit(live)
-
-    def _verify(
-        self, logits: np.ndarray, picks: list[_Pick], states: list[SamplerState]
-    ) -> list[list[tuple[int, TokenLogprob | None]]]:
-        """Sample each pick's token; where it equals the next draft token, that draft token
-        is now real, so sample again from the row after it, and so on.
-
-        Every token is sampled from the same distribution, with the same random draws, as
-        without speculation: the draft only decides how many rows are at hand.
-        """
-        masks = [self._matcher_of(p.seq) for p in picks]
-        tokens, lps = sample_batch(logits[[p.row for p in picks]], states, _constrainer(masks))
-        out = [[(tok, lp)] for tok, lp in zip(tokens, lps, strict=True)]
-        agreeing = [i for i, p in enumerate(picks) if p.draft and tokens[i] == p.draft[0]]
-        r = 1
-        while agreeing:
-            for i in agreeing:
-                states[i].observe(out[i][-1][0])
-            rows = logits[[picks[i].row + r for i in agreeing]]
-            tokens, lps = sample_batch(rows, [states[i] for i in agreeing])
-            still = []
-            for i, tok, lp in zip(agreeing, tokens, lps, strict=True):
-                out[i].append((tok, lp))
-                if r < len(picks[i].draft) and tok == picks[i].draft[r]:
-                    still.append(i)
-            agreeing, r = still, r + 1
-        return out
-
-    def _matcher_of(self, seq: Sequence) -> Matcher | None:
-        live = self._live_of(seq)
-        return live.matchers[seq.index] if live is not None and live.matchers else None
+            out = live.take_output()
+            if out.finished:
+                del self._live[out.request_id]
+            self._send(live, out)
 
     def _settle_draft(self, seq: Sequence, accepted: int) -> None:
         """Keep the KV of the draft tokens the model agreed with; drop the rest."""
@@ -341,93 +286,3 @@ class EngineLoop:
         self.scheduler.settle_draft(seq, accepted)
         if accepted < proposed and seq.slot is not None:
             self.runner.trim(seq.slot, seq.num_computed)
-
-    def _advance(
-        self,
-        live: _Live,
-        seq: Sequence,
-        tok: int,
-        lp: TokenLogprob | None,
-        observed: bool = False,
-    ) -> None:
-        """Append a sampled token and decide whether the sequence is done."""
-        seq.token_ids.append(tok)
-        matcher = live.matchers[seq.index] if live.matchers else None
-        if matcher is not None and tok not in self.info.eog_ids and not matcher.accept(tok):
-            log.error(
-                "%s: sampled a token its grammar forbids: %s", seq.group.request_id, matcher.error
-            )
-        if not observed:
-            live.samplers[seq.index].observe(tok)
-        if live.ngrams:
-            live.ngrams[seq.index].extend([tok])
-        delta = live.outputs.setdefault(seq.index, ChoiceDelta(seq.index))
-        delta.token_ids.append(tok)
-        detok = live.detoks[seq.index]
-        if tok in self.info.eog_ids:
-            delta.text += detok.flush()
-            self._finish(live, seq, delta, SeqStatus.FINISHED_STOPPED, None)
-            return
-        if lp is not None:
-            delta.logprobs.append(lp)
-        text, stop = detok.push(tok)
-        delta.text += text
-        if stop is not None:
-            self._finish(live, seq, delta, SeqStatus.FINISHED_STOPPED, stop)
-        elif matcher is not None and matcher.is_finished():
-            # The grammar is complete: stop here rather than spend a step sampling EOS.
-            if matcher.error:
-                log.warning(
-                    "request %s: grammar gave up: %s", live.request.request_id, matcher.error
-                )
-            delta.text += detok.flush()
-            self._finish(live, seq, delta, SeqStatus.FINISHED_STOPPED, None)
-        elif seq.num_output >= seq.max_tokens or len(seq.token_ids) >= self.info.n_ctx:
-            delta.text += detok.flush()
-            self._finish(live, seq, delta, SeqStatus.FINISHED_LENGTH, None)
-
-    def _finish(
-        self, live: _Live, seq: Sequence, delta: ChoiceDelta, status: SeqStatus, stop: str | None
-    ) -> None:
-        self.scheduler.finish(seq, status)
-        delta.finish_reason = FINISH_REASON[status]
-        delta.stop_reason = stop
-
-    def _emit(self, live: _Live) -> None:
-        req_id = live.request.request_id
-        finished = all(s.status.finished for s in live.group.seqs)
-        out = RequestOutput(
-            req_id,
-            sorted(live.outputs.values(), key=lambda d: d.index),
-            live.group.prompt_len,
-            finished=finished,
-            num_cached_tokens=live.group.seqs[0].num_cached,
-        )
-        live.outputs = {}
-        if live.prompt_logprobs is not None and not live.prompt_logprobs_sent:
-            out.prompt_logprobs = live.prompt_logprobs
-            live.prompt_logprobs_sent = True
-        if finished:
-            del self._live[req_id]
-        self._send(live, out)
-
-    def _collect_prompt_logprobs(self, seq: Sequence, start: int, rows: np.ndarray) -> None:
-        live = self._live_of(seq)
-        if live is None or live.prompt_logprobs is None or live.prompt_logprobs_sent:
-            return
-        k = live.request.params.prompt_logprobs or 0
-        live.prompt_logprobs.extend(
-            prompt_logprobs_rows(rows, seq.token_ids, start, seq.prompt_len, k)
-        )
-        if start + rows.shape[0] >= seq.prompt_len:
-            seq.want_prompt_logprobs = False  # a recompute after preemption need not redo them
-
-
-def _constrainer(matchers: list[Matcher | None]) -> Callable[[FloatArray], None] | None:
-    """Masking for the rows whose sequences follow a grammar; None when none do, so
-    unconstrained batches pay nothing."""
-    rows = [i for i, m in enumerate(matchers) if m is not None]
-    if not rows:
-        return None
-    active = [m for m in matchers if m is not None]
-    return lambda logits: apply_masks(logits, rows, active)
