@@ -1,13 +1,18 @@
 """Are a sequence's logits independent of how its tokens are batched? (They must be.)
 
-Usage: .venv/bin/python benchmarks/batch_invariance.py
+Usage: .venv/bin/python benchmarks/batch_invariance.py [--flash-attn]
 Compares, on the embedded model, the logits of the same tokens computed one per step, as one
 whole prompt, in chunks of 7, and inside one llama_decode that mixes one-token decodes with
-9-token chunks of other sequences. Prints the largest absolute difference of each against the
-reference: 0.0 everywhere when llama.cpp is built without llamafile (see the Makefile).
+9-token chunks of other sequences; then, at a 400-token context (where llama.cpp's kernels
+start splitting the KV), one token decoded alone and next to three other sequences. Prints
+the largest absolute difference of each against its reference: 0.0 everywhere when llama.cpp
+is built without llamafile (see the Makefile) and flash attention is off. Set
+LLAMA_CPP_LIB_PATH to probe another llama.cpp build.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import numpy as np
 import numpy.typing as npt
@@ -18,8 +23,11 @@ from tokenmill.runner.llama_cpp import LlamaRunner, llamafile_enabled
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--flash-attn", action="store_true")
+    args = ap.parse_args()
     print("llamafile (tinyBLAS) compiled in:", llamafile_enabled())
-    r = LlamaRunner(str(embedded_model_path()), 4096, 2, 8, 512)
+    r = LlamaRunner(str(embedded_model_path()), 4096, 2, 8, 512, flash_attn=args.flash_attn)
     rng = np.random.default_rng(1)
     prompts = [rng.integers(100, 40000, n).astype(np.int32) for n in (37, 90, 150, 64)]
 
@@ -67,6 +75,24 @@ def main() -> None:
             at[s] += n
     diffs = [float(np.abs(np.concatenate(o) - f).max()) for o, f in zip(outs, ref, strict=True)]
     print(f"{'mixed batch':>13} vs one per step: {diffs}")
+    long_context(r, rng)
+
+
+def long_context(r: LlamaRunner, rng: np.random.Generator) -> None:
+    """The next token of a 400-token context, decoded alone and next to three others."""
+    n = 400
+    prompts = [rng.integers(100, 40000, n).astype(np.int32) for _ in range(4)]
+    for s, p in enumerate(prompts):
+        r.trim(s, 0)
+        r.decode(Batch(p[:-1], np.arange(n - 1, dtype=np.int32), np.full(n - 1, s, np.int32),
+                       np.zeros(n - 1, np.bool_)))  # fmt: skip
+    last = np.array([p[-1] for p in prompts], np.int32)
+    pos = np.full(4, n - 1, np.int32)
+    together = r.decode(Batch(last, pos, np.arange(4, dtype=np.int32), np.ones(4, np.bool_)))
+    r.trim(0, n - 1)
+    alone = r.decode(Batch(last[:1], pos[:1], np.zeros(1, np.int32), np.ones(1, np.bool_)))
+    diff = float(np.abs(alone[0] - together[0]).max())
+    print(f"{'400 context':>13}, alone vs next to three others: {diff}")
 
 
 if __name__ == "__main__":
