@@ -167,9 +167,9 @@ class EngineLoop:
         self._send(live, RequestOutput(request_id, deltas, live.group.prompt_len, finished=True))
 
     def _fail(self, live: LiveRequest, message: str) -> None:
-        self._live.pop(live.request.request_id, None)
+        self._live.pop(live.request_id, None)
         self.scheduler.finish_group(live.group, SeqStatus.FINISHED_ERROR)
-        out = RequestOutput(live.request.request_id, [], live.group.prompt_len, True, error=message)
+        out = RequestOutput(live.request_id, [], live.group.prompt_len, True, error=message)
         self._send(live, out)
 
     def _send(self, live: LiveRequest, out: RequestOutput) -> None:
