@@ -71,6 +71,20 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--cors-origin", action="append", default=[], help="allow browsers from this origin"
     )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds running requests may finish after SIGTERM before they are ended",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        help="an engine step running longer than this fails /health (liveness)",
+    )
+    # For tests: admin keys may POST /internal/faults to make the next decodes fail.
+    p.add_argument("--fault-injection", action="store_true", help=argparse.SUPPRESS)
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -94,8 +108,14 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     ):
         if value < low:
             raise SystemExit(f"tokenmill: {name} must be at least {low}")
-    if args.flex_timeout <= 0:
-        raise SystemExit("tokenmill: --flex-timeout must be positive")
+    for name, seconds in (
+        ("--flex-timeout", args.flex_timeout),
+        ("--stall-timeout", args.stall_timeout),
+    ):
+        if seconds <= 0:
+            raise SystemExit(f"tokenmill: {name} must be positive")
+    if args.shutdown_timeout < 0:
+        raise SystemExit("tokenmill: --shutdown-timeout must not be negative")
     return ServeConfig(
         host=args.host,
         port=args.port,
@@ -119,6 +139,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         flex_timeout=args.flex_timeout,
         max_header_bytes=args.max_header_bytes,
         cors_origins=tuple(args.cors_origin),
+        shutdown_timeout=args.shutdown_timeout,
+        stall_timeout=args.stall_timeout,
+        fault_injection=args.fault_injection,
     )
 
 

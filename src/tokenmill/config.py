@@ -36,6 +36,9 @@ class ServeConfig:
     flex_timeout: float = 300.0  # seconds a flex request may wait for its first token
     max_header_bytes: int = 16 * 1024
     cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are given
+    shutdown_timeout: float = 30.0  # seconds running requests may finish after SIGTERM
+    stall_timeout: float = 60.0  # a step running longer than this fails the liveness probe
+    fault_injection: bool = False  # tests only: POST /internal/faults breaks the next decodes
 
     @property
     def n_threads(self) -> int:

@@ -1,15 +1,31 @@
-"""``tokenmill serve``: load the model, start the engine thread, serve HTTP."""
+"""``tokenmill serve``: listen at once, load the model, start the engine thread, and shut
+down gracefully.
+
+The HTTP server starts before the model loads, so probes can tell "loading" from "dead".
+On SIGTERM (or SIGINT) the server drains: new requests get a 503, running ones may finish
+for ``shutdown_timeout`` seconds, then the rest end with an error event; every ledger row is
+finalized and the process exits 0. A second signal skips the wait. If the engine thread
+dies, the process exits with ``EXIT_ENGINE_DIED`` for its supervisor to restart it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import time
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
-from tokenmill.api.app import create_app
+from tokenmill.api.app import attach, create_app
+from tokenmill.api.lifecycle import Lifecycle, Phase
 from tokenmill.config import ServeConfig
 from tokenmill.engine.front import AsyncEngine
+from tokenmill.protocol.errors import SHUTTING_DOWN
+from tokenmill.runner.base import ModelRunner
+from tokenmill.runner.faults import FaultInjector
 from tokenmill.serving.common import ServingContext
 from tokenmill.serving.models import ModelRegistry
 from tokenmill.serving.template import ChatTemplate
@@ -23,11 +39,16 @@ from tokenmill.tenancy.service import Tenancy
 
 log = logging.getLogger("tokenmill")
 
+EXIT_ENGINE_DIED = 70  # EX_SOFTWARE: an internal error a restart may cure
+EXIT_LOAD_FAILED = 1
+# After the grace period, ended streams get this long to send their error event.
+FAIL_GRACE = 5.0
+
 
 def build_context(config: ServeConfig) -> ServingContext:
     from tokenmill.runner.llama_cpp import LlamaRunner  # the only llama.cpp import
 
-    runner = LlamaRunner(
+    llama = LlamaRunner(
         config.model_path,
         n_ctx=config.ctx_size,
         n_threads=config.n_threads,
@@ -35,6 +56,8 @@ def build_context(config: ServeConfig) -> ServingContext:
         n_batch=config.max_batch_tokens,
         flash_attn=config.flash_attn,
     )
+    faults = FaultInjector(llama) if config.fault_injection else None
+    runner: ModelRunner = faults or llama
     info = runner.info
     template = ChatTemplate(
         info.chat_template,
@@ -54,38 +77,7 @@ def build_context(config: ServeConfig) -> ServingContext:
     # llguidance tokenizes grammar literals the way the model does.
     tokenizer = make_tokenizer(info, lambda s: runner.tokenize(s, False, False))
     grammars = GrammarCompiler(tokenizer)
-    return ServingContext(engine, models, template, config.max_num_seqs, grammars)
-
-
-def serve(config: ServeConfig) -> int:
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    ctx = build_context(config)
-    tenancy = build_tenancy(config, ctx.engine)
-    app = create_app(
-        ctx, tenancy, config.max_body_bytes, config.max_header_bytes, config.cors_origins
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=5,
-            # Guards h11's buffer (used without httptools); HeaderSizeLimit answers with a 431.
-            h11_max_incomplete_event_size=max(2 * config.max_header_bytes, 64 * 1024),
-        )
-    )
-    ctx.engine.start()
-    tenancy.ledger.start()
-    try:
-        asyncio.run(_run(server, config))
-    finally:
-        ctx.engine.stop()
-        tenancy.ledger.stop()  # after the server: streams closed at shutdown are written too
-    return 0
+    return ServingContext(engine, models, template, config.max_num_seqs, grammars, faults)
 
 
 def build_tenancy(config: ServeConfig, engine: AsyncEngine) -> Tenancy:
@@ -106,13 +98,145 @@ def build_tenancy(config: ServeConfig, engine: AsyncEngine) -> Tenancy:
     return Tenancy(store, ledger, static, engine, config.flex_timeout)
 
 
-async def _run(server: uvicorn.Server, config: ServeConfig) -> None:
-    task = asyncio.create_task(server.serve())
-    while not server.started and not task.done():
-        await asyncio.sleep(0.05)
-    if server.started:
-        print(
-            f"tokenmill ready: http://{config.host}:{config.port}/v1 serving {config.model_id}",
-            flush=True,
-        )
-    await task
+def serve(config: ServeConfig) -> int:
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    lifecycle = Lifecycle(config.stall_timeout)
+    app = create_app(
+        None,
+        None,
+        config.max_body_bytes,
+        config.max_header_bytes,
+        config.cors_origins,
+        lifecycle=lifecycle,
+    )
+    server = _Server(
+        app,
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            access_log=False,
+            # Our own drain has already waited for the requests; this bounds the rest.
+            timeout_graceful_shutdown=int(FAIL_GRACE),
+            # Guards h11's buffer (used without httptools); HeaderSizeLimit answers with a 431.
+            h11_max_incomplete_event_size=max(2 * config.max_header_bytes, 64 * 1024),
+        ),
+        lifecycle,
+        config.shutdown_timeout,
+    )
+    return asyncio.run(server.run_all(config))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, with our shutdown: signals start a drain instead of closing at once."""
+
+    def __init__(
+        self, app: FastAPI, config: uvicorn.Config, lifecycle: Lifecycle, grace: float
+    ) -> None:
+        super().__init__(config)
+        self.app = app
+        self.lifecycle = lifecycle
+        self.grace = grace
+        self.exit_code = 0
+        self.engine: AsyncEngine | None = None
+        self._aio: asyncio.AbstractEventLoop | None = None
+        self._signals = 0
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def run_all(self, config: ServeConfig) -> int:
+        self._aio = asyncio.get_running_loop()
+        http = asyncio.create_task(self.serve())
+        while not self.started and not http.done():
+            await asyncio.sleep(0.05)
+        if http.done():  # could not bind, most likely
+            await http
+            return EXIT_LOAD_FAILED
+        tenancy: Tenancy | None = None
+        try:
+            ctx = await asyncio.to_thread(build_context, config)
+            tenancy = await asyncio.to_thread(build_tenancy, config, ctx.engine)
+            self._start(ctx, tenancy)
+        except Exception:
+            log.exception("could not start serving %s", config.model_id)
+            self.exit_code = EXIT_LOAD_FAILED
+            self.should_exit = True
+        if self.exit_code == 0 and not self.should_exit:
+            url = f"http://{config.host}:{config.port}/v1"
+            print(f"tokenmill ready: {url} serving {config.model_id}", flush=True)
+        try:
+            await http
+        finally:
+            self.lifecycle.phase = Phase.STOPPED
+            if self.engine is not None:
+                await asyncio.to_thread(self.engine.stop)
+            if tenancy is not None:
+                _finalize_ledger(tenancy.ledger)
+        return self.exit_code
+
+    def _start(self, ctx: ServingContext, tenancy: Tenancy) -> None:
+        self.engine = ctx.engine
+        ctx.engine.loop.on_death = self._engine_died
+        tenancy.ledger.start()
+        ctx.engine.start()
+        attach(self.app, ctx, tenancy)  # now requests may come
+
+    # -- signals and the drain (signal handlers run on the main thread, as the loop does) --
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._aio is not None:
+            self._aio.call_soon_threadsafe(self._signalled, sig)
+        else:
+            super().handle_exit(sig, frame)
+
+    def _signalled(self, sig: int) -> None:
+        self._signals += 1
+        name = signal.Signals(sig).name
+        if self._signals == 1:
+            log.info("%s: draining (up to %gs for running requests)", name, self.grace)
+            self.lifecycle.drain()
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain(self.grace))
+            return
+        log.warning("%s again: ending every request now", name)
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain(0.0))
+
+    async def _drain(self, grace: float) -> None:
+        self.lifecycle.drain()
+        await self._wait_idle(grace)
+        if self.lifecycle.in_flight and self.engine is not None:
+            log.warning("ending %d requests still running", self.lifecycle.in_flight)
+            self.engine.fail_all("The server is shutting down", SHUTTING_DOWN)
+            await self._wait_idle(FAIL_GRACE)
+        self.should_exit = True
+        if grace == 0.0:
+            self.force_exit = True
+
+    async def _wait_idle(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self.lifecycle.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    def _engine_died(self, reason: BaseException) -> None:
+        """From the dying engine thread: exit so that a supervisor restarts us."""
+
+        def die() -> None:
+            log.critical("exiting: the engine thread died (%r)", reason)
+            self.exit_code = EXIT_ENGINE_DIED
+            self.lifecycle.drain()
+            self.should_exit = True
+
+        if self._aio is not None:
+            self._aio.call_soon_threadsafe(die)
+
+
+def _finalize_ledger(ledger: Ledger) -> None:
+    """Write what is queued, then end any row still open (a request cut off without its
+    meter closing) as interrupted: none may stay pending."""
+    ledger.stop()
+    left = ledger.recover()
+    if left:
+        log.warning("%d requests were still open at shutdown: marked interrupted", left)

@@ -340,9 +340,10 @@ def test_bare_key_without_bearer_is_accepted(server: Server) -> None:
 
 
 def test_health_needs_no_key(server: Server) -> None:
-    r = httpx.get(server.root + "/health", timeout=TIMEOUT)
-    assert r.status_code == 200
-    assert r.json() == {"status": "ok"}
+    for probe in ("/health", "/ready"):
+        r = httpx.get(server.root + probe, timeout=TIMEOUT)
+        assert r.status_code == 200
+        assert r.json() == {"status": "ok", "phase": "ready"}
 
 
 # -- unknown things -------------------------------------------------------------------------

@@ -37,4 +37,5 @@ def test_models_and_health(client: openai.OpenAI, server: Server) -> None:
     ids = [m.id for m in client.models.list()]
     assert MODEL in ids and ALIAS in ids
     assert client.models.retrieve(ALIAS).id == ALIAS
-    assert httpx.get(f"{server.root}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{server.root}/health").json() == {"status": "ok", "phase": "ready"}
+    assert httpx.get(f"{server.root}/ready").json() == {"status": "ok", "phase": "ready"}

@@ -14,6 +14,7 @@ import pytest
 from tokenmill.api.app import create_app
 from tokenmill.engine.front import AsyncEngine
 from tokenmill.runner.fake import FakeRunner
+from tokenmill.runner.faults import FaultInjector
 from tokenmill.serving.common import ServingContext
 from tokenmill.serving.models import ModelRegistry
 from tokenmill.serving.template import ChatTemplate
@@ -29,12 +30,20 @@ ADMIN = {"Authorization": "Bearer admin"}
 
 
 class Stack:
-    def __init__(self, tmp: Path, start: bool, max_queue: int = 0, flex_timeout: float = 0.3):
+    def __init__(
+        self,
+        tmp: Path,
+        start: bool,
+        max_queue: int = 0,
+        flex_timeout: float = 0.3,
+        max_num_seqs: int = 1,
+    ):
         self.runner = FakeRunner()
-        self.engine = AsyncEngine(self.runner, 1, 64, max_queue=max_queue)
+        self.faults = FaultInjector(self.runner)
+        self.engine = AsyncEngine(self.faults, max_num_seqs, 64, max_queue=max_queue)
         grammars = GrammarCompiler(make_tokenizer(self.runner.info))
         template = ChatTemplate(None, "", "")
-        ctx = ServingContext(self.engine, ModelRegistry("fake"), template, 4, grammars)
+        ctx = ServingContext(self.engine, ModelRegistry("fake"), template, 4, grammars, self.faults)
         self.db = open_database(str(tmp / "t.db"))
         self.ledger = Ledger(self.db)
         tenancy = Tenancy(
@@ -148,4 +157,80 @@ async def test_client_gone_before_the_answer_is_cancelled(
                 break
             await asyncio.sleep(0.02)
     assert [r.status for r in rows] == ["cancelled"]
+    assert stack.engine.admitted == 0
+
+
+async def test_only_the_failing_batch_fails_and_no_row_stays_pending(
+    tmp_path: Path, stack_factory: list[Stack]
+) -> None:
+    stack = Stack(tmp_path, start=False, max_num_seqs=2)  # two run, two wait
+    stack_factory.append(stack)
+    async for c in client(stack):
+        # The batch after the first (both prompts) fails: both its requests, nobody else.
+        r = await c.post("/internal/faults", json={"kind": "decode_error", "skip": 1})
+        assert r.status_code == 200, r.text
+        sent = [
+            asyncio.create_task(
+                c.post("/v1/completions", json=body(max_tokens=30, prompt=f"p{i}", stream=i % 2))
+            )
+            for i in range(4)
+        ]
+        while stack.engine.admitted < 4:  # all queued before the engine runs a step
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        stack.engine.start()
+        stack.started = True
+        results = await asyncio.gather(*sent)
+        failed = [r for r in results if "engine_error" in r.text]
+        assert len(failed) == 2  # the two in the failing batch; the two waiting finish
+        for r in results:
+            if r not in failed:
+                assert r.status_code == 200 and "error" not in r.text
+        r = await c.post("/v1/completions", json=body())  # the next batch runs
+        assert r.status_code == 200
+        rows = await stack.rows()
+    assert sorted(r.status for r in rows) == ["error", "error", "finished", "finished", "finished"]
+    assert stack.faults.fired["decode_error"] == 1
+    assert stack.engine.admitted == 0
+
+
+async def test_a_negative_seed_does_not_stop_the_engine(
+    tmp_path: Path, stack_factory: list[Stack]
+) -> None:
+    stack = Stack(tmp_path, start=True)
+    stack_factory.append(stack)
+    async for c in client(stack):
+        first = await c.post("/v1/completions", json=body(seed=-1, temperature=1))
+        assert first.status_code == 200, first.text
+        again = await c.post("/v1/completions", json=body(seed=-1, temperature=1))
+        assert again.json()["choices"] == first.json()["choices"]
+        r = await c.post("/v1/completions", json=body())
+        assert r.status_code == 200
+    assert stack.engine.loop.alive
+
+
+async def test_requests_ended_by_shutdown_get_a_503_and_an_error_row(
+    tmp_path: Path, stack_factory: list[Stack]
+) -> None:
+    stack = Stack(tmp_path, start=True, max_num_seqs=2)
+    stack_factory.append(stack)
+    stack.faults.arm("stall", count=1000, seconds=0.01)  # slow steps: they are still running
+    async for c in client(stack):
+        sent = [
+            asyncio.create_task(
+                c.post("/v1/completions", json=body(max_tokens=400, stream=i % 2, prompt=f"{i}"))
+            )
+            for i in range(2)
+        ]
+        while stack.engine.admitted < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        stack.engine.fail_all("The server is shutting down", "shutting_down")
+        plain, streamed = await asyncio.gather(*sent)
+        assert plain.status_code == 503 and plain.json()["error"]["code"] == "shutting_down"
+        assert plain.headers["retry-after"] == "5"
+        assert streamed.status_code == 200 and '"code":"shutting_down"' in streamed.text
+        assert streamed.text.endswith("data: [DONE]\n\n")
+        rows = await stack.rows()
+    assert [r.status for r in rows] == ["error", "error"]
     assert stack.engine.admitted == 0

@@ -1,4 +1,4 @@
-"""Build the ASGI app around a running engine."""
+"""Build the ASGI app; the API routes join once the model has loaded."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from tokenmill import __version__
 from tokenmill.api import errors
+from tokenmill.api.lifecycle import AdmissionGate, Lifecycle
 from tokenmill.api.middleware import BodySizeLimit, HeaderSizeLimit
 from tokenmill.api.routes import make_router
 from tokenmill.serving.common import ServingContext
@@ -14,19 +15,25 @@ from tokenmill.tenancy.service import Tenancy
 
 
 def create_app(
-    ctx: ServingContext,
-    tenancy: Tenancy,
+    ctx: ServingContext | None,
+    tenancy: Tenancy | None,
     max_body_bytes: int,
     max_header_bytes: int = 16 * 1024,
     cors_origins: tuple[str, ...] = (),
+    lifecycle: Lifecycle | None = None,
 ) -> FastAPI:
-    # No docs or schema routes: every route but /health needs a key.
+    """The app, with its middleware (which cannot be added once it serves). Without ``ctx``
+    it starts out loading: only the probes answer until ``attach``."""
+    # No docs or schema routes: every route but the probes needs a key.
     app = FastAPI(
         title="tokenmill", version=__version__, docs_url=None, redoc_url=None, openapi_url=None
     )
     errors.install(app)
-    app.include_router(make_router(ctx, tenancy))
+    life = lifecycle or Lifecycle()
+    app.state.lifecycle = life
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    # Inside CORS, so that browsers can read its 503s.
+    app.add_middleware(AdmissionGate, lifecycle=life)
     if cors_origins:  # off unless asked: browsers must not call with a user's key by default
         app.add_middleware(
             CORSMiddleware,
@@ -35,4 +42,12 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(HeaderSizeLimit, max_bytes=max_header_bytes)  # outermost: first check
+    if ctx is not None and tenancy is not None:
+        attach(app, ctx, tenancy)
     return app
+
+
+def attach(app: FastAPI, ctx: ServingContext, tenancy: Tenancy) -> None:
+    """Add the API routes (the model is loaded) and mark the server ready."""
+    app.include_router(make_router(ctx, tenancy))
+    app.state.lifecycle.ready(ctx.engine)

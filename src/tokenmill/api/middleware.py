@@ -68,7 +68,11 @@ async def reject(send: Send, err: APIError) -> None:
         {
             "type": "http.response.start",
             "status": err.status_code,
-            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"connection", b"close"),
+                *((k.lower().encode(), v.encode()) for k, v in err.headers.items()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": json.dumps(err.body()).encode()})

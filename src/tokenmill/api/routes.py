@@ -14,10 +14,11 @@ from pydantic import BaseModel, ValidationError
 
 from tokenmill.api.errors import from_validation_error
 from tokenmill.api.metered import MeteredStream
-from tokenmill.protocol.errors import APIError, BadRequest
+from tokenmill.protocol.errors import APIError, BadRequest, Forbidden
 from tokenmill.protocol.requests import (
     ChatCompletionRequest,
     CompletionRequest,
+    FaultRequest,
     GenerationFields,
 )
 from tokenmill.serving.chat import create_chat_completion
@@ -85,10 +86,6 @@ def make_router(ctx: ServingContext, tenancy: Tenancy) -> APIRouter:
             request.headers.get("authorization"), request.query_params.get("ai_project_id")
         )
 
-    @router.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:
         """Engine counters in Prometheus' text format."""
@@ -98,6 +95,19 @@ def make_router(ctx: ServingContext, tenancy: Tenancy) -> APIRouter:
             for name, value in ctx.engine.stats().items()
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    if ctx.faults is not None:
+        faults = ctx.faults
+
+        @router.post("/internal/faults")
+        async def arm_fault(request: Request) -> dict[str, Any]:
+            """Arm a runner fault (tests only: the route exists with --fault-injection)."""
+            principal = await authenticate(request)
+            if principal.caller.projects is not None:
+                raise Forbidden("Only admin keys may inject faults.")
+            req = await parse_body(request, FaultRequest)
+            faults.arm(req.kind, req.count, req.seconds, req.skip)
+            return {"armed": req.model_dump(), "fired": faults.fired}
 
     @router.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:

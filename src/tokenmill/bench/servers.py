@@ -51,18 +51,22 @@ def llama_server_cmd(binary: str, s: ServerSettings, port: int) -> list[str]:
 
 @contextlib.contextmanager
 def running(cmd: list[str], name: str) -> Iterator[str]:
-    """Start a server, wait until /health answers 200, yield its /v1 URL, then stop it."""
+    """Start a server, wait until it is ready, yield its /v1 URL, then stop it.
+
+    tokenmill's ``/health`` is liveness (200 while the model loads); ``/ready`` is what
+    says it serves. llama-server's ``/health`` answers 503 until its model is loaded."""
     port = int(cmd[cmd.index("--port") + 1])
     log = Path(f"/tmp/tokenmill-bench-{name}.log").open("w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         root = f"http://127.0.0.1:{port}"
+        probe = "/ready" if "tokenmill" in cmd else "/health"
         deadline = time.time() + 180
         while time.time() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}; see {log.name}")
             try:
-                if httpx.get(f"{root}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{root}{probe}", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

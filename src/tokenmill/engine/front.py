@@ -44,10 +44,26 @@ class AsyncEngine:
             "preemptions": loop.scheduler.num_preemptions,
             "spec_draft_tokens": loop.spec_proposed,
             "spec_accepted_tokens": loop.spec_accepted,
+            "request_failures": loop.request_failures,
         }
 
     def stop(self) -> None:
         self.loop.stop()
+
+    def fail_all(self, message: str, code: str | None = None) -> None:
+        """End every request in the engine with an error (each stream gets its error event)."""
+        self.loop.fail_all(message, code)
+
+    def health(self, stall_timeout: float) -> str | None:
+        """Why the engine cannot serve (its thread died, or a step has run longer than
+        ``stall_timeout`` seconds), or None when it is fine."""
+        loop = self.loop
+        if not loop.alive:
+            return f"the engine thread is not running ({loop.death!r})"
+        stalled = loop.stalled_for()
+        if stalled > stall_timeout:
+            return f"an engine step has been running for {stalled:.1f}s"
+        return None
 
     def reserve(self, seqs: int) -> bool:
         """Count ``seqs`` sequences in, or False when the waiting queue is full. Call from the

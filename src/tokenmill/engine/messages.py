@@ -53,4 +53,5 @@ class RequestOutput:
     num_cached_tokens: int = 0
     # Sent once, with the first tokens: None for the first prompt token, then one per token.
     prompt_logprobs: list[PromptLogprob | None] | None = None
-    error: str | None = None
+    error: str | None = None  # the request failed; the message says why
+    error_code: str | None = None  # e.g. "shutting_down": the edge picks the HTTP status

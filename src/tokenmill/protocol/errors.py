@@ -74,6 +74,10 @@ class PayloadTooLarge(APIError):
     default_code = "request_too_large"
 
 
+SHUTTING_DOWN = "shutting_down"  # the error code of requests refused or ended by a shutdown
+SHUTDOWN_RETRY_AFTER = "5"
+
+
 class ServiceUnavailable(APIError):
     status_code = 503
     error_type = "server_error"

@@ -158,3 +158,13 @@ class CompletionRequest(GenerationFields):
         if self.best_of is not None and self.best_of != (self.n or 1):
             raise UnsupportedField("best_of", "best_of other than n is not supported")
         return self
+
+
+class FaultRequest(BaseModel):
+    """``POST /internal/faults`` (only with ``--fault-injection``): what to break, how often."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["decode_error", "stall", "kv_full", "crash"]
+    count: int = Field(1, ge=1, le=1000)
+    seconds: float = Field(0.0, ge=0.0, le=600.0)
+    skip: int = Field(0, ge=0)

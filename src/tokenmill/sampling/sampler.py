@@ -39,7 +39,7 @@ class SamplerState:
     def __init__(self, params: SamplingParams, prompt_ids: list[int], index: int) -> None:
         self.params = params
         # Same seed + same request => same output; each choice of n gets its own stream.
-        seed = None if params.seed is None else [params.seed, index]
+        seed = None if params.seed is None else [generator_seed(params.seed), index]
         self.rng = np.random.default_rng(seed)
         self.counts: dict[int, int] = {}
         self.seen: set[int] = set(prompt_ids) if params.repetition_penalty != 1.0 else set()
@@ -55,6 +55,13 @@ class SamplerState:
     @property
     def plain_greedy(self) -> bool:
         return self.params.greedy and not self.params.has_penalties and not self.bias_ids.size
+
+
+def generator_seed(seed: int) -> int:
+    """The API takes any 64-bit seed, signed or not; NumPy's generators take non-negative
+    ones. Two's complement maps each signed seed to one unsigned seed, deterministically
+    (-1 and 2**64 - 1 are the same bits, and give the same stream)."""
+    return seed % (1 << 64)
 
 
 def sample_batch(

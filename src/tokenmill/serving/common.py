@@ -12,9 +12,18 @@ from typing import Any, Protocol
 
 from tokenmill.engine.front import AsyncEngine
 from tokenmill.engine.messages import ChoiceDelta, EngineRequest, RequestOutput
-from tokenmill.protocol.errors import APIError, BadRequest, ContextLengthExceeded, QueueTimeout
+from tokenmill.protocol.errors import (
+    SHUTDOWN_RETRY_AFTER,
+    SHUTTING_DOWN,
+    APIError,
+    BadRequest,
+    ContextLengthExceeded,
+    QueueTimeout,
+    ServiceUnavailable,
+)
 from tokenmill.protocol.requests import GenerationFields
 from tokenmill.runner.base import ModelInfo
+from tokenmill.runner.faults import FaultInjector
 from tokenmill.sampling.params import SamplingParams
 from tokenmill.sampling.sampler import TokenLogprob
 from tokenmill.serving.models import ModelRegistry
@@ -32,6 +41,7 @@ class ServingContext:
     template: ChatTemplate
     max_num_seqs: int
     grammars: GrammarCompiler
+    faults: FaultInjector | None = None  # --fault-injection: tests arm faults on the runner
 
     @property
     def info(self) -> ModelInfo:
@@ -267,5 +277,11 @@ async def _first_within(
 
 
 def _raise_if_failed(out: RequestOutput) -> None:
+    if out.error_code == SHUTTING_DOWN:
+        raise ServiceUnavailable(
+            f"{out.error}: retry on another replica or later",
+            code=SHUTTING_DOWN,
+            headers={"retry-after": SHUTDOWN_RETRY_AFTER},
+        )
     if out.error:
         raise EngineFailed(f"generation failed: {out.error}")
