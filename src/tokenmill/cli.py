@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tokenmill.config import (
     EMBEDDED_MODEL_ID,
+    EngineConfig,
     ServeConfig,
     embedded_model_path,
     env_api_keys,
@@ -16,11 +17,15 @@ from tokenmill.config import (
 )
 from tokenmill.tenancy import admin
 
+# Flag defaults are the dataclasses' own: one place for every default.
+_SERVE = ServeConfig()
+_ENGINE = EngineConfig()
+
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="serve the OpenAI-compatible API")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default=_SERVE.host)
+    p.add_argument("--port", type=int, default=_SERVE.port)
     p.add_argument("--model", help="path to a GGUF file (default: the embedded SmolLM2-135M)")
     p.add_argument("--served-model-name", help="the model id clients use")
     p.add_argument(
@@ -32,41 +37,51 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=[],
         help="accepted API key (repeatable; also TOKENMILL_API_KEYS)",
     )
-    p.add_argument("--threads", type=int, default=0, help="compute threads (default: all cores)")
-    p.add_argument(
-        "--ctx-size", type=int, default=4096, help="context per sequence (prompt + completion)"
-    )
-    p.add_argument("--max-num-seqs", type=int, default=8, help="sequences decoded together")
-    p.add_argument("--max-batch-tokens", type=int, default=512, help="tokens per engine step")
-    p.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt in full")
+    p.add_argument("--threads", type=int, default=_SERVE.threads, help="(default: all cores)")
+    p.add_argument("--ctx-size", type=int, default=_SERVE.ctx_size, help="context per sequence")
     p.add_argument(
         "--flash-attn",
         action="store_true",
         help="llama.cpp's flash attention: prompts prefill ~25%% faster, but a sequence's "
         "logits then depend on what shares its batch (greedy outputs may vary with load)",
     )
+    _engine_flags(p)
+    _http_flags(p)
+    p.add_argument("--log-level", default=_SERVE.log_level)
+    admin.add_db_argument(p)
+    p.add_argument("--prices", help="JSON file of per-model prices (also TOKENMILL_PRICES)")
+    # For tests: admin keys may POST /internal/faults to make the next decodes fail.
+    p.add_argument("--fault-injection", action="store_true", help=argparse.SUPPRESS)
+
+
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    e = _ENGINE
+    p.add_argument("--max-num-seqs", type=int, default=e.max_num_seqs, help="decoded together")
+    p.add_argument("--max-batch-tokens", type=int, default=e.max_batch_tokens, help="per step")
+    p.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt")
     p.add_argument(
         "--spec-tokens",
         type=int,
-        default=0,
+        default=e.spec_tokens,
         help="speculative decoding by prompt lookup: draft up to N tokens per step (0: off)",
     )
     p.add_argument(
         "--spec-max-seqs",
         type=int,
-        default=1,
+        default=e.spec_max_seqs,
         help="speculate only while at most this many sequences are decoding",
     )
-    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
-    p.add_argument("--max-header-bytes", type=int, default=16 * 1024)
-    p.add_argument("--log-level", default="info")
-    admin.add_db_argument(p)
-    p.add_argument("--prices", help="JSON file of per-model prices (also TOKENMILL_PRICES)")
     p.add_argument(
-        "--max-queue", type=int, default=256, help="sequences that may wait; beyond: 503"
+        "--max-queue", type=int, default=e.max_queue, help="sequences that may wait; beyond: 503"
     )
+
+
+def _http_flags(p: argparse.ArgumentParser) -> None:
+    s = _SERVE
+    p.add_argument("--max-body-bytes", type=int, default=s.max_body_bytes)
+    p.add_argument("--max-header-bytes", type=int, default=s.max_header_bytes)
     p.add_argument(
-        "--flex-timeout", type=float, default=300.0, help="seconds flex may wait for a token"
+        "--flex-timeout", type=float, default=s.flex_timeout, help="seconds flex may wait"
     )
     p.add_argument(
         "--cors-origin", action="append", default=[], help="allow browsers from this origin"
@@ -74,28 +89,18 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--shutdown-timeout",
         type=float,
-        default=30.0,
+        default=s.shutdown_timeout,
         help="seconds running requests may finish after SIGTERM before they are ended",
     )
     p.add_argument(
         "--stall-timeout",
         type=float,
-        default=60.0,
+        default=s.stall_timeout,
         help="an engine step running longer than this fails /health (liveness)",
     )
-    # For tests: admin keys may POST /internal/faults to make the next decodes fail.
-    p.add_argument("--fault-injection", action="store_true", help=argparse.SUPPRESS)
 
 
-def config_from_args(args: argparse.Namespace) -> ServeConfig:
-    if args.model:
-        path = Path(args.model)
-        if not path.is_file():
-            raise SystemExit(f"tokenmill: model file not found: {path}")
-        model_id = args.served_model_name or path.stem
-    else:
-        path = embedded_model_path()
-        model_id = args.served_model_name or EMBEDDED_MODEL_ID
+def _check_ranges(args: argparse.Namespace) -> None:
     for name, value, low in (
         ("--ctx-size", args.ctx_size, 16),
         ("--max-num-seqs", args.max_num_seqs, 1),
@@ -116,6 +121,26 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             raise SystemExit(f"tokenmill: {name} must be positive")
     if args.shutdown_timeout < 0:
         raise SystemExit("tokenmill: --shutdown-timeout must not be negative")
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    if args.model:
+        path = Path(args.model)
+        if not path.is_file():
+            raise SystemExit(f"tokenmill: model file not found: {path}")
+        model_id = args.served_model_name or path.stem
+    else:
+        path = embedded_model_path()
+        model_id = args.served_model_name or EMBEDDED_MODEL_ID
+    _check_ranges(args)
+    engine = EngineConfig(
+        max_num_seqs=args.max_num_seqs,
+        max_batch_tokens=args.max_batch_tokens,
+        prefix_cache=not args.no_prefix_cache,
+        spec_tokens=args.spec_tokens,
+        spec_max_seqs=args.spec_max_seqs,
+        max_queue=args.max_queue,
+    )
     return ServeConfig(
         host=args.host,
         port=args.port,
@@ -125,17 +150,12 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         api_keys=tuple(args.api_key) + env_api_keys(),
         threads=args.threads,
         ctx_size=args.ctx_size,
-        max_num_seqs=args.max_num_seqs,
-        max_batch_tokens=args.max_batch_tokens,
+        engine=engine,
         max_body_bytes=args.max_body_bytes,
-        prefix_cache=not args.no_prefix_cache,
         flash_attn=args.flash_attn,
-        spec_tokens=args.spec_tokens,
-        spec_max_seqs=args.spec_max_seqs,
         log_level=args.log_level,
         db=args.db or env_db(),
         prices=args.prices or env_prices(),
-        max_queue=args.max_queue,
         flex_timeout=args.flex_timeout,
         max_header_bytes=args.max_header_bytes,
         cors_origins=tuple(args.cors_origin),

@@ -13,6 +13,31 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """How the engine batches and schedules: built once, shared by the engine front, its loop
+    and the scheduler (nothing is set on them after construction)."""
+
+    max_num_seqs: int = 8  # sequences decoded together (also the largest n)
+    max_batch_tokens: int = 512  # tokens per engine step (decodes + prompt chunks)
+    prefix_cache: bool = True  # reuse KV of shared prompt prefixes
+    spec_tokens: int = 0  # prompt-lookup speculative decoding: draft length (0: off)
+    spec_max_seqs: int = 1  # speculate only while at most this many sequences decode
+    max_queue: int = 256  # sequences waiting beyond max_num_seqs before 503s; 0: no bound
+    # A waiting request gains one priority level per this many seconds, so a steady stream of
+    # higher-priority work delays lower priorities but never starves them.
+    aging_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_batch_tokens < self.max_num_seqs:
+            raise ValueError("the step budget must fit one decode token per running sequence")
+
+    @property
+    def capacity(self) -> int | None:
+        """Sequences admitted at once (running + waiting), or None for no bound."""
+        return self.max_num_seqs + self.max_queue if self.max_queue > 0 else None
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -22,17 +47,12 @@ class ServeConfig:
     api_keys: tuple[str, ...] = ()
     threads: int = 0  # 0: all cores
     ctx_size: int = 4096  # per sequence; the KV cache holds ctx_size * max_num_seqs cells
-    max_num_seqs: int = 8
-    max_batch_tokens: int = 512  # tokens per engine step (decodes + prompt chunks)
+    engine: EngineConfig = EngineConfig()
     max_body_bytes: int = 4 * 1024 * 1024
-    prefix_cache: bool = True  # reuse KV of shared prompt prefixes
     flash_attn: bool = False  # faster prefill, but outputs then depend on batching
-    spec_tokens: int = 0  # prompt-lookup speculative decoding: draft length (0: off)
-    spec_max_seqs: int = 1  # speculate only while at most this many sequences decode
     log_level: str = "info"
     db: str = ""  # SQLite file or database URL; "": the default file under the user data dir
     prices: str = ""  # JSON file of per-model prices; "": everything costs 0
-    max_queue: int = 256  # sequences waiting beyond max_num_seqs before 503s; 0: no bound
     flex_timeout: float = 300.0  # seconds a flex request may wait for its first token
     max_header_bytes: int = 16 * 1024
     cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are given

@@ -52,8 +52,8 @@ def build_context(config: ServeConfig) -> ServingContext:
         config.model_path,
         n_ctx=config.ctx_size,
         n_threads=config.n_threads,
-        n_seq_max=config.max_num_seqs,
-        n_batch=config.max_batch_tokens,
+        n_seq_max=config.engine.max_num_seqs,
+        n_batch=config.engine.max_batch_tokens,
         flash_attn=config.flash_attn,
     )
     faults = FaultInjector(llama) if config.fault_injection else None
@@ -64,20 +64,13 @@ def build_context(config: ServeConfig) -> ServingContext:
         bos_token=info.special_texts.get(info.bos_id, "") if info.bos_id is not None else "",
         eos_token=info.special_texts.get(info.eos_id, "") if info.eos_id is not None else "",
     )
-    engine = AsyncEngine(
-        runner,
-        config.max_num_seqs,
-        config.max_batch_tokens,
-        config.prefix_cache,
-        config.spec_tokens,
-        config.spec_max_seqs,
-        max_queue=config.max_queue,
-    )
+    engine = AsyncEngine(runner, config.engine)
     models = ModelRegistry(config.model_id, config.aliases)
     # llguidance tokenizes grammar literals the way the model does.
     tokenizer = make_tokenizer(info, lambda s: runner.tokenize(s, False, False))
     grammars = GrammarCompiler(tokenizer)
-    return ServingContext(engine, models, template, config.max_num_seqs, grammars, faults)
+    n_max = config.engine.max_num_seqs
+    return ServingContext(engine, models, template, n_max, grammars, faults)
 
 
 def build_tenancy(config: ServeConfig, engine: AsyncEngine) -> Tenancy:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from tokenmill.config import EngineConfig
 from tokenmill.core.scheduler import MIN_COPY_GAIN
 from tokenmill.engine.loop import EngineLoop
 from tokenmill.engine.messages import EngineRequest, RequestOutput
@@ -21,16 +22,18 @@ class Harness:
         budget: int = 64,
         spec_tokens: int = 0,
         spec_max_seqs: int = 1,
+        prefix_cache: bool = True,
         **kw: int,
     ) -> None:
         self.runner = FakeRunner(n_ctx=n_ctx, **kw)
-        self.engine = EngineLoop(
-            self.runner,
-            max_num_seqs,
-            budget,
+        self.config = EngineConfig(
+            max_num_seqs=max_num_seqs,
+            max_batch_tokens=budget,
+            prefix_cache=prefix_cache,
             spec_tokens=spec_tokens,
             spec_max_seqs=spec_max_seqs,
         )
+        self.engine = EngineLoop(self.runner, self.config)
         self.outputs: dict[str, list[RequestOutput]] = {}
 
     def submit(self, rid: str, prompt: list[int], **params: object) -> None:
@@ -163,8 +166,7 @@ def test_prefix_cache_changes_nothing_but_the_work_done() -> None:
     prompts = [[*system, 3 + i, 4 + i, 5 + i] for i in range(6)]
 
     def run(cache: bool) -> tuple[list[dict[int, str]], list[int], int]:
-        h = Harness(budget=16)
-        h.engine.scheduler.prefix_cache = cache
+        h = Harness(budget=16, prefix_cache=cache)
         for i, p in enumerate(prompts):
             h.submit(f"r{i}", p, max_tokens=6)
         h.run()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.unit.test_engine import PROMPTS, Harness, alone
+from tokenmill.config import EngineConfig
 from tokenmill.engine.front import AsyncEngine
 from tokenmill.engine.loop import EngineLoop
 from tokenmill.engine.messages import EngineRequest, RequestOutput
@@ -24,7 +25,7 @@ class FaultyHarness(Harness):
     def __init__(self, max_num_seqs: int = 8, budget: int = 64) -> None:
         super().__init__(max_num_seqs=max_num_seqs, budget=budget)
         self.faults = FaultInjector(self.runner)
-        self.engine = EngineLoop(self.faults, max_num_seqs, budget)
+        self.engine = EngineLoop(self.faults, self.config)
 
     def submit_raw(self, rid: str, req: EngineRequest) -> None:
         self.outputs[rid] = []
@@ -209,7 +210,7 @@ def _collect(engine: AsyncEngine, rid: str, prompt: list[int]) -> list[RequestOu
 
 def test_a_stalled_step_shows_in_health_until_it_ends() -> None:
     runner = FaultInjector(FakeRunner())
-    engine = AsyncEngine(runner, 2, 64)
+    engine = AsyncEngine(runner, EngineConfig(max_num_seqs=2, max_batch_tokens=64))
     engine.start()
     try:
         assert engine.health(stall_timeout=0.2) is None
@@ -230,7 +231,7 @@ def test_a_stalled_step_shows_in_health_until_it_ends() -> None:
 def test_a_dead_engine_thread_is_reported_and_fails_what_it_held(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    engine = AsyncEngine(FakeRunner(), 2, 64)
+    engine = AsyncEngine(FakeRunner(), EngineConfig(max_num_seqs=2, max_batch_tokens=64))
     died: list[BaseException] = []
     engine.loop.on_death = died.append
     got: list[RequestOutput] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tokenmill.config import EngineConfig
 from tokenmill.core.scheduler import MIN_COPY_GAIN, Scheduler
 from tokenmill.core.sequence import SeqStatus, Sequence, SequenceGroup
 
@@ -39,7 +40,7 @@ def cells_in_use(sched: Scheduler) -> int:
 
 
 def test_admits_up_to_max_num_seqs_and_next_joins_when_one_leaves() -> None:
-    s = Scheduler(max_num_seqs=2, kv_cells=1000, max_batch_tokens=64)
+    s = Scheduler(EngineConfig(max_num_seqs=2, max_batch_tokens=64), kv_cells=1000)
     a, b, c = group(4, arrival=1), group(4, arrival=2), group(4, arrival=3)
     for g in (a, b, c):
         s.add(g)
@@ -56,7 +57,7 @@ def test_admits_up_to_max_num_seqs_and_next_joins_when_one_leaves() -> None:
 
 
 def test_budget_is_honoured_and_long_prompts_are_chunked() -> None:
-    s = Scheduler(max_num_seqs=4, kv_cells=10_000, max_batch_tokens=32)
+    s = Scheduler(EngineConfig(max_num_seqs=4, max_batch_tokens=32), kv_cells=10_000)
     g = group(100)
     s.add(g)
     sizes = []
@@ -69,7 +70,7 @@ def test_budget_is_honoured_and_long_prompts_are_chunked() -> None:
 
 
 def test_decodes_are_never_starved_by_a_long_prefill() -> None:
-    s = Scheduler(max_num_seqs=4, kv_cells=10_000, max_batch_tokens=16)
+    s = Scheduler(EngineConfig(max_num_seqs=4, max_batch_tokens=16), kv_cells=10_000)
     decoders = [group(3, arrival=i) for i in range(3)]
     for g in decoders:
         s.add(g)
@@ -84,7 +85,7 @@ def test_decodes_are_never_starved_by_a_long_prefill() -> None:
 
 
 def test_n_choices_share_the_prompt_through_forks() -> None:
-    s = Scheduler(max_num_seqs=4, kv_cells=1000, max_batch_tokens=64)
+    s = Scheduler(EngineConfig(max_num_seqs=4, max_batch_tokens=64), kv_cells=1000)
     g = group(10, n=3)
     s.add(g)
     plan = s.schedule()
@@ -101,7 +102,7 @@ def test_n_choices_share_the_prompt_through_forks() -> None:
 
 
 def test_kv_exhaustion_preempts_the_newest_and_it_resumes() -> None:
-    s = Scheduler(max_num_seqs=4, kv_cells=24, max_batch_tokens=64)
+    s = Scheduler(EngineConfig(max_num_seqs=4, max_batch_tokens=64), kv_cells=24)
     old, new = group(10, arrival=1), group(10, arrival=2)
     s.add(old)
     s.add(new)
@@ -124,7 +125,7 @@ def test_kv_exhaustion_preempts_the_newest_and_it_resumes() -> None:
 
 
 def test_priority_orders_admission_and_fcfs_within_a_priority() -> None:
-    s = Scheduler(max_num_seqs=1, kv_cells=1000, max_batch_tokens=64)
+    s = Scheduler(EngineConfig(max_num_seqs=1, max_batch_tokens=64), kv_cells=1000)
     low = group(2, priority=5, arrival=1)
     high_late = group(2, priority=0, arrival=3)
     high_early = group(2, priority=0, arrival=2)
@@ -140,7 +141,7 @@ def test_priority_orders_admission_and_fcfs_within_a_priority() -> None:
 
 
 def test_abort_of_waiting_and_running_frees_everything() -> None:
-    s = Scheduler(max_num_seqs=1, kv_cells=1000, max_batch_tokens=64)
+    s = Scheduler(EngineConfig(max_num_seqs=1, max_batch_tokens=64), kv_cells=1000)
     a, b = group(5, n=1, arrival=1), group(5, arrival=2)
     s.add(a)
     s.add(b)
@@ -151,7 +152,7 @@ def test_abort_of_waiting_and_running_frees_everything() -> None:
 
 
 def test_a_finished_prefix_is_reused_from_its_slot() -> None:
-    s = Scheduler(max_num_seqs=2, kv_cells=10_000, max_batch_tokens=512)
+    s = Scheduler(EngineConfig(max_num_seqs=2, max_batch_tokens=512), kv_cells=10_000)
     system = list(range(7, 107))  # a 100-token shared system prompt
     first = group(120, prefix=system)
     s.add(first)
@@ -167,7 +168,7 @@ def test_a_finished_prefix_is_reused_from_its_slot() -> None:
 
 
 def test_concurrent_requests_compute_a_shared_prefix_once() -> None:
-    s = Scheduler(max_num_seqs=4, kv_cells=10_000, max_batch_tokens=64)
+    s = Scheduler(EngineConfig(max_num_seqs=4, max_batch_tokens=64), kv_cells=10_000)
     system = list(range(7, 207))  # 200 tokens: several steps of prefill
     a, b = group(210, prefix=system, arrival=1), group(215, prefix=system, arrival=2)
     s.add(a)
@@ -190,7 +191,7 @@ def test_concurrent_requests_compute_a_shared_prefix_once() -> None:
 
 
 def test_prompt_logprobs_bypass_the_cache() -> None:
-    s = Scheduler(max_num_seqs=1, kv_cells=10_000, max_batch_tokens=512)
+    s = Scheduler(EngineConfig(max_num_seqs=1, max_batch_tokens=512), kv_cells=10_000)
     first = group(50)
     s.add(first)
     sample_all(s, s.schedule())
@@ -203,7 +204,7 @@ def test_prompt_logprobs_bypass_the_cache() -> None:
 
 
 def test_lowest_free_slot_is_taken_and_a_better_cache_copied_into_it() -> None:
-    s = Scheduler(max_num_seqs=3, kv_cells=10_000, max_batch_tokens=512)
+    s = Scheduler(EngineConfig(max_num_seqs=3, max_batch_tokens=512), kv_cells=10_000)
     system = list(range(7, 107))
     a, b, c = group(5, arrival=1), group(120, prefix=system, arrival=2), group(5, arrival=3)
     for g in (a, b, c):
@@ -222,8 +223,8 @@ def test_lowest_free_slot_is_taken_and_a_better_cache_copied_into_it() -> None:
 
 def test_aging_lets_a_low_priority_request_through_a_stream_of_high_ones() -> None:
     now = [0.0]
-    s = Scheduler(max_num_seqs=1, kv_cells=1000, max_batch_tokens=64, aging_seconds=1.0,
-                  clock=lambda: now[0])  # fmt: skip
+    config = EngineConfig(max_num_seqs=1, max_batch_tokens=64, aging_seconds=1.0)
+    s = Scheduler(config, kv_cells=1000, clock=lambda: now[0])
     low = group(2, priority=3, arrival=0.0)
     s.add(low)
     admitted = []

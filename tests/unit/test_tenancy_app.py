@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tokenmill.api.app import create_app
+from tokenmill.config import EngineConfig
 from tokenmill.engine.front import AsyncEngine
 from tokenmill.runner.fake import FakeRunner
 from tokenmill.runner.faults import FaultInjector
@@ -40,7 +41,8 @@ class Stack:
     ):
         self.runner = FakeRunner()
         self.faults = FaultInjector(self.runner)
-        self.engine = AsyncEngine(self.faults, max_num_seqs, 64, max_queue=max_queue)
+        config = EngineConfig(max_num_seqs=max_num_seqs, max_batch_tokens=64, max_queue=max_queue)
+        self.engine = AsyncEngine(self.faults, config)
         grammars = GrammarCompiler(make_tokenizer(self.runner.info))
         template = ChatTemplate(None, "", "")
         ctx = ServingContext(self.engine, ModelRegistry("fake"), template, 4, grammars, self.faults)

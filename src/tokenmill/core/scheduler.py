@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tokenmill.config import EngineConfig
 from tokenmill.core.prefix import common_prefix_len
 from tokenmill.core.sequence import SeqStatus, Sequence, SequenceGroup
 
@@ -81,31 +82,18 @@ class Scheduler:
     """Owns the waiting queue, the running set, KV slots and the count of used KV cells."""
 
     def __init__(
-        self,
-        max_num_seqs: int,
-        kv_cells: int,
-        max_batch_tokens: int,
-        aging_seconds: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
+        self, config: EngineConfig, kv_cells: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        if max_batch_tokens < max_num_seqs:
-            raise ValueError("the step budget must fit one decode token per running sequence")
-        self.kv_cells = kv_cells
-        self.max_batch_tokens = max_batch_tokens
+        self.config = config
+        self.kv_cells = kv_cells  # usable cells: shrinks if llama.cpp finds less room
+        self.max_batch_tokens = config.max_batch_tokens
         self.waiting: list[Sequence] = []  # admission order: see _admission_key
-        # A waiting request gains one priority level per aging_seconds, so a steady stream of
-        # higher-priority work delays lower priorities but never starves them.
-        self.aging_seconds = aging_seconds
         self.clock = clock
         self.running: list[Sequence] = []
-        self.free_slots: list[int] = list(range(max_num_seqs))
+        self.free_slots: list[int] = list(range(config.max_num_seqs))
         self.slot_tokens: dict[int, list[int]] = {}  # what a free slot's KV holds
         self.used_cells = 0
         self.num_preemptions = 0  # lifetime count, for stats and tests
-        self.prefix_cache = True
-        # Verifying drafts makes a sequence a multi-token chunk, which llama.cpp cannot fuse
-        # with other decodes: speculate only while this few sequences are decoding.
-        self.spec_max_seqs = 1
 
     # -- queue management -------------------------------------------------------------------
 
@@ -170,7 +158,9 @@ class Scheduler:
         stable = {s.slot: s.num_computed for s in ordered if s.slot is not None}
         # Decodes first: every streaming sequence advances one token per step.
         decoding = [s for s in ordered if not s.awaiting_fork and s.num_uncomputed == 1]
-        speculate = len(decoding) <= self.spec_max_seqs
+        # Verifying drafts makes a sequence a multi-token chunk, which llama.cpp cannot fuse
+        # with other decodes: speculate only while this few sequences are decoding.
+        speculate = len(decoding) <= self.config.spec_max_seqs
         for i, seq in enumerate(decoding):
             if budget == 0:
                 break
@@ -206,7 +196,7 @@ class Scheduler:
         if self.running and self.free_cells < seq.num_uncomputed + len(children):
             return False
         # Prompt logprobs need logits at every prompt position, so nothing can be reused.
-        if self.prefix_cache and not seq.want_prompt_logprobs:
+        if self.config.prefix_cache and not seq.want_prompt_logprobs:
             slot, keep, src = self._place(seq, stable)
             if self._prefix_in_progress(seq, stable, keep):
                 return False
@@ -371,7 +361,7 @@ class Scheduler:
 
     def _admission_key(self, seq: Sequence, now: float) -> tuple[int, float, int]:
         group = seq.group
-        aged = int(max(now - group.arrival, 0.0) / self.aging_seconds)
+        aged = int(max(now - group.arrival, 0.0) / self.config.aging_seconds)
         return (group.priority - aged, group.arrival, seq.seq_id)
 
     def _enqueue(self, seq: Sequence) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from tokenmill.config import EngineConfig
 from tokenmill.engine.loop import EngineLoop
 from tokenmill.engine.messages import EngineRequest, RequestOutput
 from tokenmill.runner.base import ModelRunner
@@ -13,24 +14,14 @@ from tokenmill.runner.base import ModelRunner
 class AsyncEngine:
     """Wraps the engine thread; safe to use from any number of concurrent HTTP handlers."""
 
-    def __init__(
-        self,
-        runner: ModelRunner,
-        max_num_seqs: int,
-        max_batch_tokens: int,
-        prefix_cache: bool = True,
-        spec_tokens: int = 0,
-        spec_max_seqs: int = 1,
-        max_queue: int = 0,
-    ) -> None:
+    def __init__(self, runner: ModelRunner, config: EngineConfig) -> None:
         self.runner = runner
         self.info = runner.info
-        self.loop = EngineLoop(
-            runner, max_num_seqs, max_batch_tokens, prefix_cache, spec_tokens, spec_max_seqs
-        )
+        self.config = config
+        self.loop = EngineLoop(runner, config)
         # Sequences admitted and not yet finished (running + waiting), bounded so that overload
-        # becomes a quick 503 instead of an ever longer wait. 0: no bound.
-        self.capacity = max_num_seqs + max_queue if max_queue > 0 else None
+        # becomes a quick 503 instead of an ever longer wait.
+        self.capacity = config.capacity
         self.admitted = 0
 
     def start(self) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tokenmill.config import EngineConfig
 from tokenmill.core.scheduler import Scheduler, SchedulerOutput
 from tokenmill.core.sequence import SeqStatus, Sequence, SequenceGroup
 from tokenmill.core.spec import NgramIndex
@@ -63,18 +64,15 @@ class EngineLoop:
     def __init__(
         self,
         runner: ModelRunner,
-        max_num_seqs: int,
-        max_batch_tokens: int,
-        prefix_cache: bool = True,
-        spec_tokens: int = 0,
-        spec_max_seqs: int = 1,
+        config: EngineConfig,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runner = runner
         self.info = runner.info
-        self.scheduler = Scheduler(max_num_seqs, runner.info.kv_cells, max_batch_tokens)
-        self.scheduler.prefix_cache = prefix_cache
-        self.scheduler.spec_max_seqs = spec_max_seqs
-        self.spec_tokens = spec_tokens  # draft length for prompt-lookup speculation; 0: off
+        self.config = config
+        self.clock = clock
+        self.scheduler = Scheduler(config, runner.info.kv_cells, clock)
+        self.spec_tokens = config.spec_tokens  # prompt-lookup draft length; 0: off
         self.spec_proposed = self.spec_accepted = 0  # lifetime draft tokens, for stats
         self._inbox: queue.SimpleQueue[_Submit | _Abort | _FailAll | None] = queue.SimpleQueue()
         self._live: dict[str, LiveRequest] = {}
@@ -110,7 +108,7 @@ class EngineLoop:
     def stalled_for(self, now: float | None = None) -> float:
         """Seconds the current step has been running (0 between steps)."""
         started = self.step_started
-        return 0.0 if started is None else (now or time.monotonic()) - started
+        return 0.0 if started is None else (now or self.clock()) - started
 
     def stop(self) -> None:
         self._inbox.put(None)
@@ -132,7 +130,7 @@ class EngineLoop:
     def run_forever(self) -> None:
         while self._drain_inbox(block=not self.scheduler.has_work):
             if self.scheduler.has_work:
-                self.step_started = time.monotonic()
+                self.step_started = self.clock()
                 try:
                     self.step()
                 except Exception:  # not one request's fault: a bug in the engine itself
@@ -190,9 +188,7 @@ class EngineLoop:
             # The serving layer never sends these; answer rather than corrupt the engine.
             _send(sink, RequestOutput(req.request_id, [], 0, True, error="invalid request"))
             return
-        group = SequenceGroup(
-            req.request_id, len(req.prompt_token_ids), req.priority, time.monotonic()
-        )
+        group = SequenceGroup(req.request_id, len(req.prompt_token_ids), req.priority, self.clock())
         live = LiveRequest(request=req, group=group, sink=sink, samplers=[], detoks=[])
         with self._isolated(live, "admitting it"):
             self._set_up(live)
