@@ -6,7 +6,7 @@ import re
 
 from tokenmill.config import EngineConfig
 from tokenmill.core.scheduler import MIN_COPY_GAIN
-from tokenmill.engine.loop import EngineLoop
+from tokenmill.engine.core import EngineCore
 from tokenmill.engine.messages import EngineRequest, RequestOutput
 from tokenmill.runner.base import KVCacheFull
 from tokenmill.runner.fake import EOS, FakeRunner
@@ -33,20 +33,32 @@ class Harness:
             spec_tokens=spec_tokens,
             spec_max_seqs=spec_max_seqs,
         )
-        self.engine = EngineLoop(self.runner, self.config)
+        self.engine = EngineCore(self.runner, self.config)
         self.outputs: dict[str, list[RequestOutput]] = {}
 
     def submit(self, rid: str, prompt: list[int], **params: object) -> None:
         p = SamplingParams(**{"max_tokens": 20, "temperature": 0.0, **params})  # type: ignore[arg-type]
-        self.outputs[rid] = []
-        self.engine.submit(EngineRequest(rid, prompt, p), self.outputs[rid].append)
+        self.add(EngineRequest(rid, prompt, p))
+
+    def add(self, req: EngineRequest) -> None:
+        self.outputs[req.request_id] = []
+        self._route(self.engine.add_request(req))
+
+    def step(self) -> None:
+        self._route(self.engine.step())
+
+    def abort(self, rid: str) -> None:
+        self._route(self.engine.abort_request(rid))
+
+    def _route(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            self.outputs[out.request_id].append(out)
 
     def run(self, max_steps: int = 10_000) -> None:
         for _ in range(max_steps):
-            self.engine._drain_inbox(block=False)
-            if not self.engine.scheduler.has_work:
+            if not self.engine.has_work:
                 return
-            self.engine.step()
+            self.step()
         raise AssertionError("engine did not finish")
 
     def texts(self, rid: str) -> dict[int, str]:
@@ -110,9 +122,8 @@ def test_abort_frees_kv_and_others_continue() -> None:
     h.submit("a", PROMPTS[1], max_tokens=200)
     h.submit("b", PROMPTS[2], max_tokens=200)
     for _ in range(3):
-        h.engine._drain_inbox(block=False)
-        h.engine.step()
-    h.engine.abort("a")
+        h.step()
+    h.abort("a")
     h.run()
     assert h.outputs["a"][-1].finished
     assert h.finish("a") == {0: "abort"}
@@ -277,8 +288,7 @@ def test_constrained_and_unconstrained_share_a_batch() -> None:
     for i, p in enumerate(PROMPTS[:3]):
         h.submit(f"r{i}", p, max_tokens=30)
         p2 = SamplingParams(max_tokens=30, temperature=1.0, seed=i, n=2)
-        h.outputs[f"g{i}"] = []
-        h.engine.submit(EngineRequest(f"g{i}", p, p2, grammar=grammar), h.outputs[f"g{i}"].append)
+        h.add(EngineRequest(f"g{i}", p, p2, grammar=grammar))
     h.run()
     for i in range(3):
         assert h.texts(f"r{i}") == ref[f"r{i}"]  # unconstrained: untouched by the masks

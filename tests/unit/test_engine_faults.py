@@ -11,8 +11,8 @@ import pytest
 
 from tests.unit.test_engine import PROMPTS, Harness, alone
 from tokenmill.config import EngineConfig
+from tokenmill.engine.core import EngineCore
 from tokenmill.engine.front import AsyncEngine
-from tokenmill.engine.loop import EngineLoop
 from tokenmill.engine.messages import EngineRequest, RequestOutput
 from tokenmill.runner.fake import FakeRunner
 from tokenmill.runner.faults import FaultInjector
@@ -25,11 +25,7 @@ class FaultyHarness(Harness):
     def __init__(self, max_num_seqs: int = 8, budget: int = 64) -> None:
         super().__init__(max_num_seqs=max_num_seqs, budget=budget)
         self.faults = FaultInjector(self.runner)
-        self.engine = EngineLoop(self.faults, self.config)
-
-    def submit_raw(self, rid: str, req: EngineRequest) -> None:
-        self.outputs[rid] = []
-        self.engine.submit(req, self.outputs[rid].append)
+        self.engine = EngineCore(self.faults, self.config)
 
     def error(self, rid: str) -> str | None:
         last = self.outputs[rid][-1]
@@ -110,7 +106,7 @@ class _ExplodingGrammar:
 def test_a_request_whose_set_up_fails_fails_alone() -> None:
     h = FaultyHarness()
     h.submit("ok1", PROMPTS[0])
-    h.submit_raw("bad", EngineRequest("bad", PROMPTS[1], params(), grammar=_NoMatcher()))  # type: ignore[arg-type]
+    h.add(EngineRequest("bad", PROMPTS[1], params(), grammar=_NoMatcher()))  # type: ignore[arg-type]
     h.submit("ok2", PROMPTS[2])
     h.run()
     assert h.error("bad") is not None and "admitting" in h.error("bad")  # type: ignore[operator]
@@ -124,7 +120,7 @@ def test_a_request_whose_sampling_fails_mid_stream_fails_alone() -> None:
     for i in range(3):
         h.submit(f"ok{i}", PROMPTS[i])
     bad = EngineRequest("bad", PROMPTS[3], params(), grammar=_ExplodingGrammar(after=4))  # type: ignore[arg-type]
-    h.submit_raw("bad", bad)
+    h.add(bad)
     h.run()
     outs = h.outputs["bad"]
     assert sum(len(d.token_ids) for o in outs for d in o.deltas) == 3  # three good steps
@@ -165,8 +161,7 @@ def test_a_decode_error_fails_only_the_requests_in_that_batch() -> None:
     h = FaultyHarness(max_num_seqs=1)
     h.submit("a", PROMPTS[0])
     h.submit("b", PROMPTS[1])
-    h.engine._drain_inbox(block=False)
-    h.engine.step()  # a's prompt
+    h.step()  # a's prompt
     h.faults.arm("decode_error")
     h.run()
     assert h.faults.fired["decode_error"] == 1

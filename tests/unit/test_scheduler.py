@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tokenmill.config import EngineConfig
-from tokenmill.core.scheduler import MIN_COPY_GAIN, Scheduler
+from tokenmill.core.scheduler import MIN_COPY_GAIN, Scheduler, SchedulerOutput, SeqUpdate
 from tokenmill.core.sequence import SeqStatus, Sequence, SequenceGroup
 
 _ids = iter(range(10**6))
@@ -25,13 +25,11 @@ def group(
     return g
 
 
-def sample_all(sched: Scheduler, plan) -> None:  # type: ignore[no-untyped-def]
+def sample_all(sched: Scheduler, plan: SchedulerOutput) -> None:
     """Pretend the model sampled one token for every sequence that asked."""
-    for c in plan.chunks:
-        if c.sample:
-            c.seq.token_ids.append(7)
-    for _, child in plan.forks:
-        child.token_ids.append(7)
+    updates = [SeqUpdate(c.seq, [7]) for c in plan.chunks if c.sample]
+    updates += [SeqUpdate(child, [7]) for _, child in plan.forks]
+    assert sched.update_from_output(plan, updates) == []
 
 
 def cells_in_use(sched: Scheduler) -> int:
@@ -239,3 +237,61 @@ def test_aging_lets_a_low_priority_request_through_a_stream_of_high_ones() -> No
     # being older, wins the tie (FCFS within an effective priority).
     assert admitted[:3] == [0, 0, 0]
     assert 3 in admitted[3:5]
+
+
+def test_update_from_output_settles_drafts_appends_and_finishes() -> None:
+    config = EngineConfig(max_num_seqs=2, max_batch_tokens=64, spec_max_seqs=2)
+    s = Scheduler(config, kv_cells=1000)
+    a, b = group(5), group(5)
+    s.add(a)
+    s.add(b)
+    sample_all(s, s.schedule())  # both prompts, one token each
+    sa, sb = a.seqs[0], b.seqs[0]
+    plan = s.schedule({sa.seq_id: [8, 9, 10], sb.seq_id: [4]})
+    assert [c.num_draft for c in plan.chunks] == [3, 1]
+    used, b_slot = s.used_cells, sb.slot
+    # a: the model agreed with two of its three draft tokens (8, 9), then sampled 11;
+    # b: its draft was wrong, and its new token ends it.
+    trims = s.update_from_output(
+        plan,
+        [SeqUpdate(sa, [8, 9, 11], accepted_draft=2),
+         SeqUpdate(sb, [5], accepted_draft=0, finish=SeqStatus.FINISHED_STOPPED)],
+    )  # fmt: skip
+    assert sa.token_ids[-4:] == [7, 8, 9, 11] and sa.draft == []
+    assert sa.num_computed == len(sa.token_ids) - 1  # the rejected draft's cell is given back
+    assert [(t.dst, t.keep) for t in trims] == [(sa.slot, sa.num_computed), (b_slot, 6)]
+    assert sb.status is SeqStatus.FINISHED_STOPPED and sb.token_ids[-2:] == [7, 5]
+    assert s.used_cells == used - 1 - 1 - 6  # a's rejected draft, b's draft and b's cells
+    assert s.running == [sa]
+    # An update for a sequence that finished meanwhile (its request failed) changes nothing.
+    s.finish(sa, SeqStatus.FINISHED_ERROR)
+    s.update_from_output(plan, [SeqUpdate(sa, [1, 2, 3])])
+    assert sa.token_ids[-1] == 11
+
+
+def test_prompt_logprobs_are_asked_for_until_the_prompt_has_run() -> None:
+    s = Scheduler(EngineConfig(max_num_seqs=1, max_batch_tokens=16), kv_cells=1000)
+    g = group(40)
+    g.seqs[0].want_prompt_logprobs = True
+    s.add(g)
+    plans = []
+    while not any(c.sample for p in plans for c in p.chunks):
+        plans.append(s.schedule())
+        s.update_from_output(plans[-1], [])
+    assert all(c.all_logits for p in plans for c in p.chunks)
+    assert g.seqs[0].want_prompt_logprobs is False  # a recompute would not redo them
+
+
+def test_kv_full_sends_the_batch_back_and_shrinks_the_cells() -> None:
+    s = Scheduler(EngineConfig(max_num_seqs=2, max_batch_tokens=64), kv_cells=1600)
+    a = group(5, n=2)
+    s.add(a)
+    plan = s.schedule()
+    assert plan.forks  # the child would have been forked from this batch
+    slots = [seq.slot for seq in a.seqs]
+    s.on_kv_full(plan)
+    s.forget([slot for slot in slots if slot is not None])  # as the engine does: KV unknown
+    assert s.kv_cells == 1500 and s.used_cells == 0 and s.running == []
+    assert all(seq.status is SeqStatus.WAITING for seq in a.seqs)
+    plan = s.schedule()  # recomputed from the start
+    assert plan.chunks[0].start == 0 and plan.chunks[0].num_tokens == 5

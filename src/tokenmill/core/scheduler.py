@@ -22,7 +22,7 @@ free slots therefore live longest.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tokenmill.config import EngineConfig
@@ -60,6 +60,17 @@ class SlotOp:
     dst: int
     keep: int
     src: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SeqUpdate:
+    """What the engine decided for one sequence after a step: the new ``tokens`` (several
+    when ``accepted_draft`` draft tokens were verified), and the status it finishes with."""
+
+    seq: Sequence
+    tokens: list[int]
+    accepted_draft: int = 0
+    finish: SeqStatus | None = None
 
 
 @dataclass(slots=True)
@@ -123,17 +134,39 @@ class Scheduler:
             if slot in self.slot_tokens:
                 self.slot_tokens[slot] = []
 
-    def settle_draft(self, seq: Sequence, accepted: int) -> None:
-        """After verification: the model agreed with the first ``accepted`` draft tokens;
-        the cells of the rest are given back (the runner trims them from the KV)."""
-        rejected = len(seq.draft) - accepted
-        seq.num_computed -= rejected
-        self.used_cells -= rejected
-        seq.draft = []
+    def update_from_output(self, plan: SchedulerOutput, updates: list[SeqUpdate]) -> list[SlotOp]:
+        """Apply a step's results: prompt logprobs taken, drafts settled, tokens appended,
+        finished sequences out. Returns the trims the runner must apply to drop the KV of
+        rejected draft tokens. Updates of sequences finished meanwhile (failed) are ignored."""
+        for c in plan.chunks:
+            if c.all_logits and c.start + c.num_tokens >= c.seq.prompt_len:
+                c.seq.want_prompt_logprobs = False  # a recompute after preemption skips them
+        trims: list[SlotOp] = []
+        for u in updates:
+            seq = u.seq
+            if seq.status.finished:
+                continue
+            if seq.draft:
+                rejected = len(seq.draft) - u.accepted_draft
+                seq.num_computed -= rejected
+                self.used_cells -= rejected
+                seq.draft = []
+                if rejected and seq.slot is not None:
+                    trims.append(SlotOp(seq.slot, seq.num_computed))
+            seq.token_ids.extend(u.tokens)
+            if u.finish is not None:
+                self.finish(seq, u.finish)
+        return trims
 
-    def preempt(self, seq: Sequence) -> None:
-        """Send a running sequence back to waiting; it is recomputed from its tokens later."""
-        self._preempt(seq, SchedulerOutput())
+    def on_kv_full(self, plan: SchedulerOutput) -> None:
+        """llama.cpp found no room for this batch (fragmentation our count cannot see): its
+        sequences go back to waiting, to be recomputed, and the usable cells shrink a little
+        so later batches fit what the cache can really hold."""
+        # Children forked from this batch never got their copy of the prompt: they go too.
+        for seq in [c.seq for c in plan.chunks] + [child for _, child in plan.forks]:
+            if seq.status is SeqStatus.RUNNING:
+                self._preempt(seq, SchedulerOutput())
+        self.kv_cells = max(self.kv_cells * 15 // 16, 1)
 
     def finish_group(self, group: SequenceGroup, status: SeqStatus) -> None:
         for seq in group.seqs:
@@ -149,7 +182,12 @@ class Scheduler:
 
     # -- the step ---------------------------------------------------------------------------
 
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, drafts: Mapping[int, list[int]] | None = None) -> SchedulerOutput:
+        """The next batch. ``drafts``: speculative tokens proposed per running ``seq_id``
+        (the scheduler may cut them to fit)."""
+        if drafts is not None:
+            for seq in self.running:
+                seq.draft = list(drafts.get(seq.seq_id, ()))
         out = SchedulerOutput()
         budget = self.max_batch_tokens
         scheduled: set[int] = set()

@@ -29,13 +29,13 @@ class AsyncEngine:
 
     def stats(self) -> dict[str, int]:
         """Lifetime counters, read without locking (each is one int the engine replaces)."""
-        loop = self.loop
+        core = self.loop.core
         return {
-            "engine_steps": loop.steps,
-            "preemptions": loop.scheduler.num_preemptions,
-            "spec_draft_tokens": loop.spec_proposed,
-            "spec_accepted_tokens": loop.spec_accepted,
-            "request_failures": loop.request_failures,
+            "engine_steps": core.steps,
+            "preemptions": core.scheduler.num_preemptions,
+            "spec_draft_tokens": core.spec_proposed,
+            "spec_accepted_tokens": core.spec_accepted,
+            "request_failures": core.request_failures,
         }
 
     def stop(self) -> None:

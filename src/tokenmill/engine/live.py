@@ -1,13 +1,14 @@
 """Engine-side state of one request: what its choices sampled, and the news not yet sent.
 
-The loop owns scheduling; this module owns the output side of a step. ``advance`` appends a
-sampled token and says whether the choice is done, ``take_output`` packs one step's news.
+The scheduler owns the sequences; this module owns the output side of a step. ``decide``
+follows a choice's new tokens through its sampler, grammar and detokenizer and says which
+tokens to keep and whether the choice is done (the scheduler applies that); ``take_output``
+packs one step's news.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,8 +24,6 @@ from tokenmill.structured.matcher import Matcher
 
 log = logging.getLogger(__name__)
 
-Sink = Callable[[RequestOutput], None]
-
 
 @dataclass(eq=False)
 class LiveRequest:
@@ -33,7 +32,6 @@ class LiveRequest:
 
     request: EngineRequest
     group: SequenceGroup
-    sink: Sink
     samplers: list[SamplerState]
     detoks: list[Detokenizer]
     prompt_logprobs: list[PromptLogprob | None] | None = None
@@ -49,19 +47,33 @@ class LiveRequest:
     def matcher_of(self, seq: Sequence) -> Matcher | None:
         return self.matchers[seq.index] if self.matchers else None
 
-    def advance(
+    def decide(
+        self, seq: Sequence, sampled: list[tuple[int, TokenLogprob | None]], info: ModelInfo
+    ) -> tuple[list[int], SeqStatus | None]:
+        """The tokens of ``sampled`` to keep (several when a draft was verified; fewer when
+        one of them ends the choice) and the status the choice finishes with, if it does.
+        Reads ``seq``, never writes it."""
+        kept: list[int] = []
+        for j, (tok, lp) in enumerate(sampled):
+            kept.append(tok)
+            # sample_picks already observed every token but the last.
+            observed = j < len(sampled) - 1
+            status = self._advance(seq, tok, lp, info, len(seq.token_ids) + len(kept), observed)
+            if status is not None:
+                return kept, status
+        return kept, None
+
+    def _advance(
         self,
         seq: Sequence,
         tok: int,
         lp: TokenLogprob | None,
         info: ModelInfo,
-        observed: bool = False,
+        length: int,
+        observed: bool,
     ) -> SeqStatus | None:
-        """Append a sampled token; return the status the sequence finishes with, if it does.
-
-        ``observed``: the sampler has already seen this token (speculative verification).
-        """
-        seq.token_ids.append(tok)
+        """Follow one token (``seq`` will then hold ``length`` tokens); the status the
+        sequence finishes with, if it does. ``observed``: the sampler has seen it already."""
         matcher = self.matcher_of(seq)
         if matcher is not None and tok not in info.eog_ids and not matcher.accept(tok):
             log.error("%s: sampled a token its grammar forbids: %s", self.request_id, matcher.error)
@@ -87,7 +99,7 @@ class LiveRequest:
                 log.warning("request %s: grammar gave up: %s", self.request_id, matcher.error)
             delta.text += detok.flush()
             return _finish(delta, SeqStatus.FINISHED_STOPPED)
-        if seq.num_output >= seq.max_tokens or len(seq.token_ids) >= info.n_ctx:
+        if length - seq.prompt_len >= seq.max_tokens or length >= info.n_ctx:
             delta.text += detok.flush()
             return _finish(delta, SeqStatus.FINISHED_LENGTH)
         return None
@@ -115,8 +127,6 @@ class LiveRequest:
         self.prompt_logprobs.extend(
             prompt_logprobs_rows(rows, seq.token_ids, start, seq.prompt_len, k)
         )
-        if start + rows.shape[0] >= seq.prompt_len:
-            seq.want_prompt_logprobs = False  # a recompute after preemption need not redo them
 
 
 def _finish(delta: ChoiceDelta, status: SeqStatus, stop: str | None = None) -> SeqStatus:
