@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tokenmill.config import EngineConfig
-from tokenmill.core.scheduler import MIN_COPY_GAIN, Scheduler, SchedulerOutput, SeqUpdate
+from tokenmill.core.plan import SchedulerOutput, SeqUpdate
+from tokenmill.core.scheduler import MIN_COPY_GAIN, Scheduler
 from tokenmill.core.sequence import SeqStatus, Sequence, SequenceGroup
 
 _ids = iter(range(10**6))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenmill.core.scheduler import ScheduledChunk
+from tokenmill.core.plan import ScheduledChunk
 from tokenmill.runner.base import Batch
 
 

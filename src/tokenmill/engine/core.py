@@ -21,7 +21,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from tokenmill.config import EngineConfig
-from tokenmill.core.scheduler import Scheduler, SchedulerOutput, SeqUpdate
+from tokenmill.core.plan import SchedulerOutput, SeqUpdate
+from tokenmill.core.scheduler import Scheduler
 from tokenmill.core.sequence import SeqStatus, Sequence, SequenceGroup
 from tokenmill.core.spec import NgramIndex
 from tokenmill.engine.batch import build_batch
