@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -76,6 +77,29 @@ def stop_server(server: Server) -> None:
         server.proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         server.proc.kill()
+
+
+def engine_steps(root: str, key: str = API_KEY) -> int:
+    """The engine's lifetime step count, from ``/metrics``."""
+    r = httpx.get(f"{root}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    for line in r.text.splitlines():
+        if line.startswith("tokenmill_engine_steps_total "):
+            return int(line.split()[1])
+    raise AssertionError(f"no step counter in /metrics: {r.text[:200]}")
+
+
+async def engine_goes_idle(root: str, within: float) -> None:
+    """Wait until the engine stops stepping (no sequence left running), at most ``within``
+    seconds; a sequence nobody aborted would keep it stepping far longer."""
+    deadline = time.monotonic() + within
+    last = await asyncio.to_thread(engine_steps, root)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        now = await asyncio.to_thread(engine_steps, root)
+        if now == last:
+            return
+        last = now
+    raise AssertionError(f"the engine was still stepping after {within:g}s")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +11,15 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import API_KEY, MODEL, Server, start_server, stop_server
+from tests.e2e.conftest import (
+    API_KEY,
+    MODEL,
+    Server,
+    engine_goes_idle,
+    engine_steps,
+    start_server,
+    stop_server,
+)
 
 PROMPTS = [
     "Name three fruits.",
@@ -51,13 +58,19 @@ async def stream_chat(aclient: openai.AsyncOpenAI, prompt: str) -> tuple[str, st
     return "".join(parts), finish
 
 
-async def test_concurrent_streams_match_solo_runs(aclient: openai.AsyncOpenAI) -> None:
+async def test_concurrent_streams_match_solo_runs(
+    aclient: openai.AsyncOpenAI, server: Server
+) -> None:
+    steps = engine_steps(server.root)
     solo = [await stream_chat(aclient, p) for p in PROMPTS]
+    solo_steps, steps = engine_steps(server.root) - steps, engine_steps(server.root)
     assert all(text for text, _ in solo)
     assert len({text for text, _ in solo}) == len(PROMPTS)  # really different requests
     together = await asyncio.wait_for(
         asyncio.gather(*(stream_chat(aclient, p) for p in PROMPTS)), timeout=180
     )
+    # They really shared batches: far fewer steps than one after the other.
+    assert engine_steps(server.root) - steps < 0.6 * solo_steps
     for prompt, alone, batched in zip(PROMPTS, solo, together, strict=True):
         assert batched == alone, prompt
 
@@ -166,10 +179,11 @@ async def short_requests(root: str, count: int, timeout: float) -> list[str]:
 async def test_disconnect_frees_slot_on_main_server(server: Server) -> None:
     seen = await asyncio.to_thread(open_and_abandon_stream, server.root, 2000)
     assert seen == 3
-    start = time.monotonic()
+    # Eight free slots would serve the follow-ups anyway: what shows the abort is the engine
+    # going idle long before 2,000 tokens could have been generated.
+    await engine_goes_idle(server.root, within=5)
     texts = await short_requests(server.root, 8, timeout=90)
     assert len(texts) == 8 and all(texts)
-    assert time.monotonic() - start < 90
 
 
 @pytest.fixture(scope="module")
@@ -204,10 +218,8 @@ async def test_disconnected_streams_free_their_sequences(two_slot_server: Server
         asyncio.to_thread(open_and_abandon_stream, root, LONG),
     )
     assert seen == [3, 3]
-    start = time.monotonic()
-    texts = await short_requests(root, 3, timeout=FREED_WITHIN)
+    texts = await short_requests(root, 3, timeout=FREED_WITHIN)  # bounded by the timeout
     assert len(texts) == 3 and all(texts)
-    assert time.monotonic() - start < FREED_WITHIN
 
 
 async def test_stream_disconnect_twice_in_a_row(two_slot_server: Server) -> None:
@@ -259,10 +271,8 @@ async def test_client_timeout_frees_sequence(one_slot_server: Server) -> None:
             c.post(path, json=payload)
 
     await asyncio.to_thread(abandon, "/v1/chat/completions", body)
-    start = time.monotonic()
-    texts = await short_requests(root, 1, timeout=FREED_WITHIN)
+    texts = await short_requests(root, 1, timeout=FREED_WITHIN)  # bounded by the timeout
     assert texts and texts[0]
-    assert time.monotonic() - start < FREED_WITHIN
     # And once more with a legacy completion.
     comp = {"model": MODEL, "prompt": LONG_STORY, "max_tokens": LONG, "logit_bias": NO_EOS}
 
