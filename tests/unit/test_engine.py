@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from tokenmill.config import EngineConfig
@@ -298,3 +299,38 @@ def test_constrained_and_unconstrained_share_a_batch() -> None:
             assert re.fullmatch(regex, text), text
         # The grammar ends the sequence itself, without sampling an EOS.
         assert set(h.finish(f"g{i}").values()) == {"stop"}
+
+
+def test_a_repeated_tool_call_stops_the_sequence() -> None:
+    """Calls of a function with one possible argument can only repeat: the engine stops the
+    sequence once the repeat is complete, instead of running to ``max_tokens``."""
+    h = Harness()
+    # Some of the fake model's letters become the characters a call needs.
+    pieces = list(h.runner.info.token_pieces)
+    for letter, char in zip("ABCDEFG", '<>\n{}"/', strict=True):
+        pieces[pieces.index(letter.encode())] = char.encode()
+    # (Another fingerprint: llguidance tokenizers are cached per model.)
+    info = dataclasses.replace(h.runner.info, token_pieces=pieces, fingerprint="fp_fake_calls")
+    h.runner.info = info
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "f",
+            "parameters": {
+                "type": "object",
+                "properties": {"x": {"enum": ["a"]}},
+                "required": ["x"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    grammar = _grammar(h.runner, tools=[tool], tool_choice="required")
+    h.engine = EngineLoop(h.runner, 8, 64)
+    # EOS is allowed after each call; biased away, the model opens call after call.
+    params = SamplingParams(max_tokens=400, temperature=0.0, logit_bias={EOS: -100.0})
+    h.outputs["t"] = []
+    h.engine.submit(EngineRequest("t", PROMPTS[1], params, grammar=grammar), h.outputs["t"].append)
+    h.run()
+    call = '<tool_call>\n{"name": "f", "arguments": {"x": "a"}}\n</tool_call>'
+    assert h.texts("t") == {0: call + "\n" + call.removesuffix("\n</tool_call>")}
+    assert h.finish("t") == {0: "stop"}

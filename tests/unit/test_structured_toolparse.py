@@ -11,6 +11,7 @@ from tokenmill.structured import (
     ContentDelta,
     ParsedCall,
     ToolCallArguments,
+    ToolCallEnd,
     ToolCallEvent,
     ToolCallParser,
     ToolCallStart,
@@ -50,14 +51,18 @@ TEXTS = [
 
 
 def check_events(events: list[ToolCallEvent]) -> None:
-    """Starts come in index order, and arguments only for a call already started."""
-    started = 0
+    """Starts come in index order; arguments and then at most one end follow, for the call
+    last started only."""
+    started, open_ = 0, False
     for ev in events:
         if isinstance(ev, ToolCallStart):
             assert ev.index == started
-            started += 1
+            started, open_ = started + 1, True
         elif isinstance(ev, ToolCallArguments):
-            assert ev.index == started - 1 and ev.fragment
+            assert ev.index == started - 1 and ev.fragment and open_
+        elif isinstance(ev, ToolCallEnd):
+            assert ev.index == started - 1 and open_
+            open_ = False
 
 
 def stream(pieces: list[str]) -> tuple[str | None, list[ParsedCall]]:
@@ -100,7 +105,7 @@ def test_text_around_calls() -> None:
         (TEXTS[10], [ParsedCall("f", '{"a": 1}')]),
         (TEXTS[11], [ParsedCall("f", "null")]),
         (TEXTS[12], [ParsedCall("f", "{}")]),
-        (TEXTS[15], [ParsedCall("f", '{"a": [1, 2')]),
+        (TEXTS[15], [ParsedCall("f", '{"a": [1, 2', complete=False)]),
     ],
 )
 def test_call_shapes(text: str, expected: list[ParsedCall]) -> None:

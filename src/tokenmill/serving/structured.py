@@ -18,16 +18,18 @@ from typing import Any
 from tokenmill.protocol.requests import ChatCompletionRequest, ChatMessage, GenerationFields
 from tokenmill.serving.common import ServingContext
 from tokenmill.structured import (
+    CallList,
     CompiledGrammar,
     Constraint,
     ContentDelta,
+    ToolCallEnd,
     ToolCallParser,
     ToolCallStart,
     ToolSpec,
+    final_calls,
     format_tool_calls,
     format_tool_result,
     grammar_for,
-    parse_tool_calls,
     parse_tool_choice,
     parse_tools,
     tools_system_prompt,
@@ -144,15 +146,13 @@ def message_fields(
     """A finished choice's message fields and finish reason."""
     if not structure.tools:
         return {"content": text, "tool_calls": [], "function_call": None}, finish_reason
-    content, calls = parse_tool_calls(text)
+    content, calls = final_calls(text)
+    reason = _finish_reason(structure, any(c.complete for c in calls), finish_reason)
     if not calls:
-        return {"content": content or "", "tool_calls": [], "function_call": None}, finish_reason
-    reason = finish_reason if finish_reason == "length" else None
+        return {"content": content or "", "tool_calls": [], "function_call": None}, reason
     if structure.legacy_functions:
         fn = {"name": calls[0].name, "arguments": calls[0].arguments}
-        return {"content": content, "tool_calls": [], "function_call": fn}, reason or (
-            "function_call"
-        )
+        return {"content": content, "tool_calls": [], "function_call": fn}, reason
     tool_calls = [
         {
             "id": call_id(),
@@ -161,34 +161,41 @@ def message_fields(
         }
         for c in calls
     ]
-    return {"content": content, "tool_calls": tool_calls, "function_call": None}, reason or (
-        "tool_calls"
-    )
+    return {"content": content, "tool_calls": tool_calls, "function_call": None}, reason
+
+
+def _finish_reason(structure: Structure, complete: bool, finish_reason: str | None) -> str | None:
+    """With a complete call the choice ends with its calls, even when generation went on
+    (the calls after it were dropped, see ``calllist.py``); a call cut short alone keeps the
+    engine's reason, ``length`` as OpenAI reports a truncated call."""
+    if not complete or finish_reason not in ("stop", "length"):  # abort, error: as they are
+        return finish_reason
+    return "function_call" if structure.legacy_functions else "tool_calls"
 
 
 @dataclass
 class DeltaShaper:
     """Turns one choice's streamed text into chat deltas: plain content, or tool calls as
     the clients assemble them (the first delta of a call carries index, id, type and name;
-    later ones carry argument fragments)."""
+    later ones carry argument fragments). Calls pass through a ``CallList`` first, so the
+    stream carries the calls ``message_fields`` returns."""
 
     structure: Structure
     parser: ToolCallParser = field(default_factory=ToolCallParser)
-    called: bool = False
+    calls: CallList = field(default_factory=CallList)
 
     def feed(self, text: str) -> list[dict[str, Any]]:
         if not self.structure.tools:
             return [{"content": text}] if text else []
-        return self._shape(self.parser.feed(text))
+        return self._shape(self.calls.feed(self.parser.feed(text)))
 
     def finish(self, finish_reason: str | None) -> tuple[list[dict[str, Any]], str | None]:
         """The deltas still held back, and the finish reason to report."""
         if not self.structure.tools:
             return [], finish_reason
-        deltas = self._shape(self.parser.finish())
-        if self.called and finish_reason != "length":
-            finish_reason = "function_call" if self.structure.legacy_functions else "tool_calls"
-        return deltas, finish_reason
+        events = self.calls.feed(self.parser.finish()) + self.calls.finish()
+        deltas = self._shape(events)
+        return deltas, _finish_reason(self.structure, self.calls.complete > 0, finish_reason)
 
     def _shape(self, events: list[Any]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -196,14 +203,14 @@ class DeltaShaper:
             if isinstance(ev, ContentDelta):
                 if ev.text:
                     out.append({"content": ev.text})
+            elif isinstance(ev, ToolCallEnd):
+                continue
             elif self.structure.legacy_functions:
                 if isinstance(ev, ToolCallStart):
-                    self.called = True
                     out.append({"function_call": {"name": ev.name, "arguments": ""}})
                 else:
                     out.append({"function_call": {"arguments": ev.fragment}})
             elif isinstance(ev, ToolCallStart):
-                self.called = True
                 call = {
                     "index": ev.index,
                     "id": call_id(),

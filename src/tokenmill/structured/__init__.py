@@ -4,9 +4,10 @@
 model, on ``make_tokenizer(info)``) compiles it once into a ``CompiledGrammar``, which gives
 each sequence a ``Matcher``; ``apply_masks`` masks a batch's logits. Tool calls use the
 Hermes format (``tools.py``) and are read back by ``parse_tool_calls`` or, streaming, by a
-``ToolCallParser``.
+``ToolCallParser``; a ``CallList`` decides where a list of calls ends (``calllist.py``).
 """
 
+from tokenmill.structured.calllist import CallList, CallWatcher, call_key, final_calls
 from tokenmill.structured.compiler import CompiledGrammar, GrammarCompiler
 from tokenmill.structured.constraints import Constraint, grammar_for
 from tokenmill.structured.matcher import Matcher, allocate_bitmask, apply_bitmask, apply_masks
@@ -15,6 +16,7 @@ from tokenmill.structured.toolparse import (
     ContentDelta,
     ParsedCall,
     ToolCallArguments,
+    ToolCallEnd,
     ToolCallEvent,
     ToolCallParser,
     ToolCallStart,
@@ -31,6 +33,8 @@ from tokenmill.structured.tools import (
 )
 
 __all__ = [
+    "CallList",
+    "CallWatcher",
     "CompiledGrammar",
     "Constraint",
     "ContentDelta",
@@ -38,6 +42,7 @@ __all__ = [
     "Matcher",
     "ParsedCall",
     "ToolCallArguments",
+    "ToolCallEnd",
     "ToolCallEvent",
     "ToolCallParser",
     "ToolCallStart",
@@ -46,6 +51,8 @@ __all__ = [
     "allocate_bitmask",
     "apply_bitmask",
     "apply_masks",
+    "call_key",
+    "final_calls",
     "format_tool_calls",
     "format_tool_result",
     "grammar_for",

@@ -37,6 +37,7 @@ import llguidance.numpy as llnp
 import numpy as np
 
 from tokenmill.protocol.errors import APIError, BadRequest, ServiceUnavailable
+from tokenmill.structured.calllist import CallWatcher
 from tokenmill.structured.constraints import Constraint
 from tokenmill.structured.matcher import Bitmask, Matcher
 
@@ -70,18 +71,24 @@ def parser_limits() -> llguidance.LLParserLimits:
 
 @dataclass
 class CompiledGrammar:
-    """A validated grammar; ``matcher()`` gives each new sequence its own state."""
+    """A validated grammar; ``matcher()`` gives each new sequence its own state.
+
+    ``decode`` (token ids -> bytes) is set for tool calls: their matchers then watch for a
+    repeated call, which ends the list (``calllist.py``).
+    """
 
     grammar: str
     _template: llguidance.LLMatcher
     _eos_ids: tuple[int, ...]
+    decode: Callable[[list[int]], bytes] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def matcher(self) -> Matcher:
+        calls = CallWatcher(self.decode) if self.decode is not None else None
         # A copy of a matcher that already computed its first mask: no grammar rebuild, and
         # the lexer states it built are reused (measured: 50 us vs 1.5 ms for a fresh one).
         with self._lock:
-            return Matcher(self._template.deep_copy(), self._eos_ids)
+            return Matcher(self._template.deep_copy(), self._eos_ids, calls)
 
 
 class GrammarCompiler:
@@ -117,7 +124,7 @@ class GrammarCompiler:
         """The compiled grammar, or ``BadRequest`` naming the field at fault."""
         # Errors name fields, so they are cached per grammar *and* the fields it came from
         # (the same schema may come as guided_json or as response_format).
-        ok_key, err_key = constraint.grammar, _error_key(constraint)
+        ok_key, err_key = _ok_key(constraint), _error_key(constraint)
         with self._lock:
             cached = self._cache.get(ok_key) or self._cache.get(err_key)
             if cached is not None:
@@ -154,7 +161,7 @@ class GrammarCompiler:
         with self._lock:
             self._inflight.pop(err_key, None)
             if isinstance(result, CompiledGrammar):
-                self._cache[constraint.grammar] = result
+                self._cache[_ok_key(constraint)] = result
             elif result.kind is not ServiceUnavailable:  # busy says nothing about the grammar
                 self._cache[err_key] = result
             while len(self._cache) > self.max_entries:
@@ -187,7 +194,8 @@ class GrammarCompiler:
         template, error = self._build(constraint.grammar)
         if template is not None and not error:
             eos = tuple(self.tokenizer.eos_tokens)
-            return CompiledGrammar(constraint.grammar, template, eos)
+            decode = self.tokenizer.decode_bytes if constraint.kind == "tools" else None
+            return CompiledGrammar(constraint.grammar, template, eos, decode)
         # Blame the first part that fails on its own, else the constraint as a whole.
         for param, part in constraint.parts:
             _, part_error = self._build(part)
@@ -286,6 +294,11 @@ class _Failure:
     kind: type[APIError]
     message: str
     param: str | None
+
+
+def _ok_key(constraint: Constraint) -> _Key:
+    # Tool calls' matchers watch for repeats: never shared with the same text as a grammar.
+    return ("tools", constraint.grammar) if constraint.kind == "tools" else constraint.grammar
 
 
 def _error_key(constraint: Constraint) -> tuple[str, ...]:

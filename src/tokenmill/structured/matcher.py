@@ -11,6 +11,11 @@ mask cost, not all: a regex like ``a{50000}`` deep in a schema costs ~45 ms a to
 grammar can slow the whole batch for long. The engine should read ``error`` when a matcher
 finishes, to tell a complete output from an abandoned one.
 
+A matcher of tool calls also carries a ``CallWatcher``: a context-free grammar cannot say
+"no call may repeat an earlier one", so the watcher follows the calls and, when one repeats,
+the matcher is finished (no error) and allows only end-of-generation, like a complete
+grammar.
+
 Masks are computed one sequence after another: llguidance's parallel executor measured
 slower than a plain loop on 2 cores (70 vs 42 us per sequence at batch 8).
 """
@@ -19,11 +24,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import llguidance
 import llguidance.numpy as llnp
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from tokenmill.structured.calllist import CallWatcher
 
 Bitmask = npt.NDArray[np.int32]
 
@@ -43,13 +52,23 @@ _BIAS = np.where(
 class Matcher:
     """One sequence's position in its grammar (wraps ``llguidance.LLMatcher``)."""
 
-    __slots__ = ("_eos", "_gave_up", "_m", "_slow")
+    __slots__ = ("_calls", "_eos", "_gave_up", "_m", "_slow")
 
-    def __init__(self, ll: llguidance.LLMatcher, eos_ids: Sequence[int]) -> None:
+    def __init__(
+        self,
+        ll: llguidance.LLMatcher,
+        eos_ids: Sequence[int],
+        calls: CallWatcher | None = None,
+    ) -> None:
         self._m = ll
         self._eos = tuple(eos_ids)
         self._slow = 0
         self._gave_up: str | None = None
+        self._calls = calls
+
+    def _ended(self) -> bool:
+        """Only end-of-generation may follow, whatever the grammar says."""
+        return self._gave_up is not None or (self._calls is not None and self._calls.ended)
 
     @property
     def ll(self) -> llguidance.LLMatcher:
@@ -58,7 +77,7 @@ class Matcher:
     def fill_mask(self, bitmask: Bitmask, row: int) -> None:
         """Write the allowed-token bits (bit ``t % 32`` of word ``t // 32``) into a row of an
         ``int32`` bitmask of shape ``[rows, ceil(vocab / 32)]``."""
-        if self._gave_up is not None:
+        if self._ended():
             self._only_eos(bitmask[row])
             return
         started = time.thread_time()
@@ -76,13 +95,16 @@ class Matcher:
 
     def accept(self, token_id: int) -> bool:
         """Advance by a sampled token; False if the grammar forbids it (then ``error``)."""
-        if self._gave_up is not None:
+        if self._ended():
             return token_id in self._eos
-        return bool(self._m.consume_token(token_id))
+        ok = bool(self._m.consume_token(token_id))
+        if ok and self._calls is not None:
+            self._calls.feed(token_id)
+        return ok
 
     def count_valid(self, token_ids: list[int]) -> int:
         """How many of these (draft) tokens the grammar would accept in a row, unchanged."""
-        return 0 if self._gave_up else int(self._m.validate_tokens(token_ids))
+        return 0 if self._ended() else int(self._m.validate_tokens(token_ids))
 
     def fill_draft_masks(self, bitmask: Bitmask, row: int, drafts: list[int]) -> int:
         """For speculative decoding: the mask here into ``row``, and the mask after each
@@ -99,13 +121,17 @@ class Matcher:
 
     def rollback(self, n: int) -> None:
         """Forget the last ``n`` accepted tokens (rejected speculative tokens)."""
-        if n and self._gave_up is None and not self._m.rollback(n):
+        if not n or self._gave_up is not None:
+            return
+        if not self._m.rollback(n):
             raise ValueError(f"cannot roll back {n} tokens: {self._m.get_error()}")
+        if self._calls is not None:
+            self._calls.rollback(n)
 
     def is_finished(self) -> bool:
-        """Nothing but end-of-generation may follow: the grammar is complete, or the matcher
-        gave up (then ``error`` says why)."""
-        return self._gave_up is not None or bool(self._m.is_stopped())
+        """Nothing but end-of-generation may follow: the grammar is complete, a repeated tool
+        call ended the list, or the matcher gave up (then ``error`` says why)."""
+        return self._ended() or bool(self._m.is_stopped())
 
     def is_accepting(self) -> bool:
         """The output so far is a complete match (it may still go on)."""
@@ -120,7 +146,8 @@ class Matcher:
 
     def fork(self) -> Matcher:
         """An independent copy at the same position (for ``n`` > 1)."""
-        twin = Matcher(self._m.deep_copy(), self._eos)
+        calls = self._calls.fork() if self._calls is not None else None
+        twin = Matcher(self._m.deep_copy(), self._eos, calls)
         twin._slow, twin._gave_up = self._slow, self._gave_up
         return twin
 

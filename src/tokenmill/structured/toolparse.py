@@ -2,8 +2,9 @@
 
 ``ToolCallParser`` takes text deltas and returns events: content text, the start of a call
 (its index and name) and fragments of its arguments, in the order OpenAI streams
-``tool_calls`` deltas. ``parse_tool_calls`` runs the same parser over the whole text, so a
-stream's concatenated arguments are by construction exactly the non-stream result.
+``tool_calls`` deltas, then the end of the call once its JSON object is closed (a call
+without an end was cut short). ``parse_tool_calls`` runs the same parser over the whole
+text, so a stream's concatenated arguments are by construction exactly the non-stream result.
 
 A call's arguments are the JSON text of its ``arguments`` value as the model wrote it (the
 grammar keeps that compact). Whitespace around call blocks is not content. Anything that is
@@ -35,13 +36,19 @@ class ToolCallArguments:
     fragment: str
 
 
-ToolCallEvent = ContentDelta | ToolCallStart | ToolCallArguments
+@dataclass(frozen=True)
+class ToolCallEnd:
+    index: int
+
+
+ToolCallEvent = ContentDelta | ToolCallStart | ToolCallArguments | ToolCallEnd
 
 
 @dataclass(frozen=True)
 class ParsedCall:
     name: str
     arguments: str  # JSON text
+    complete: bool = True  # False: the output ended inside the call's JSON
 
 
 def parse_tool_calls(text: str) -> tuple[str | None, list[ParsedCall]]:
@@ -55,15 +62,21 @@ def collect(events: list[ToolCallEvent]) -> tuple[str | None, list[ParsedCall]]:
     content: list[str] = []
     names: list[str] = []
     args: list[list[str]] = []
+    ended: set[int] = set()
     for ev in events:
         if isinstance(ev, ContentDelta):
             content.append(ev.text)
         elif isinstance(ev, ToolCallStart):
             names.append(ev.name)
             args.append([])
+        elif isinstance(ev, ToolCallEnd):
+            ended.add(ev.index)
         else:
             args[ev.index].append(ev.fragment)
-    calls = [ParsedCall(n, "".join(a)) for n, a in zip(names, args, strict=True)]
+    calls = [
+        ParsedCall(n, "".join(a), i in ended)
+        for i, (n, a) in enumerate(zip(names, args, strict=True))
+    ]
     text = "".join(content)
     return (text or None) if calls else text, calls
 
@@ -197,6 +210,7 @@ class ToolCallParser:
         self._after_call = False
         self._calls = 0
         self._started = False  # the current block's call was announced
+        self._ended = False  # ... and its end
         self._sent_args = 0  # characters of the current call's arguments sent
 
     def feed(self, delta: str) -> list[ToolCallEvent]:
@@ -230,7 +244,8 @@ class ToolCallParser:
             self._content(out, self._buf[:at])
             self._ws_before_block, self._pending_ws = self._pending_ws, ""
             self._buf = self._buf[at + len(CALL_OPEN) :]
-            self._call, self._started, self._sent_args = _CallScanner(), False, 0
+            self._call, self._started, self._ended = _CallScanner(), False, False
+            self._sent_args = 0
             return True
         keep = _partial_suffix(self._buf, CALL_OPEN)
         self._content(out, self._buf[: len(self._buf) - keep])
@@ -297,9 +312,12 @@ class ToolCallParser:
             call.state = "bad"
             call.text, self._buf = call.text[: call.end] + rest, ""
             return True
-        if call.args_start is None and self._sent_args == 0:
-            out.append(ToolCallArguments(self._calls, "{}"))
-            self._sent_args = 2
+        if not self._ended:
+            if call.args_start is None and self._sent_args == 0:
+                out.append(ToolCallArguments(self._calls, "{}"))
+                self._sent_args = 2
+            out.append(ToolCallEnd(self._calls))
+            self._ended = True
         stripped = rest.lstrip()
         if stripped.startswith(CALL_CLOSE):
             self._end_block(stripped[len(CALL_CLOSE) :])
