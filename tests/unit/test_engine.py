@@ -325,11 +325,10 @@ def test_a_repeated_tool_call_stops_the_sequence() -> None:
         },
     }
     grammar = _grammar(h.runner, tools=[tool], tool_choice="required")
-    h.engine = EngineLoop(h.runner, 8, 64)
+    h.engine = EngineCore(h.runner, h.config)  # sees the new vocabulary
     # EOS is allowed after each call; biased away, the model opens call after call.
     params = SamplingParams(max_tokens=400, temperature=0.0, logit_bias={EOS: -100.0})
-    h.outputs["t"] = []
-    h.engine.submit(EngineRequest("t", PROMPTS[1], params, grammar=grammar), h.outputs["t"].append)
+    h.add(EngineRequest("t", PROMPTS[1], params, grammar=grammar))
     h.run()
     call = '<tool_call>\n{"name": "f", "arguments": {"x": "a"}}\n</tool_call>'
     assert h.texts("t") == {0: call + "\n" + call.removesuffix("\n</tool_call>")}
