@@ -73,7 +73,7 @@ def build_context(config: ServeConfig) -> ServingContext:
     return ServingContext(engine, models, template, n_max, grammars, faults)
 
 
-def build_tenancy(config: ServeConfig, engine: AsyncEngine) -> Tenancy:
+def build_tenancy(config: ServeConfig) -> Tenancy:
     """Open the database, recover what a crash left pending, and say who may call."""
     db = open_database(config.db)
     log.info("keys and usage in %s", redact(database_url(config.db)))
@@ -88,7 +88,7 @@ def build_tenancy(config: ServeConfig, engine: AsyncEngine) -> Tenancy:
             "no API keys configured: the server accepts every request until a key is created "
             "(tokenmill keys create) or --api-key is given"
         )
-    return Tenancy(store, ledger, static, engine, config.flex_timeout)
+    return Tenancy(store, ledger, static, config.flex_timeout)
 
 
 def serve(config: ServeConfig) -> int:
@@ -150,7 +150,7 @@ class _Server(uvicorn.Server):
         tenancy: Tenancy | None = None
         try:
             ctx = await asyncio.to_thread(build_context, config)
-            tenancy = await asyncio.to_thread(build_tenancy, config, ctx.engine)
+            tenancy = await asyncio.to_thread(build_tenancy, config)
             self._start(ctx, tenancy)
         except Exception:
             log.exception("could not start serving %s", config.model_id)

@@ -48,9 +48,7 @@ class Stack:
         ctx = ServingContext(self.engine, ModelRegistry("fake"), template, 4, grammars, self.faults)
         self.db = open_database(str(tmp / "t.db"))
         self.ledger = Ledger(self.db)
-        tenancy = Tenancy(
-            KeyStore(self.db), self.ledger, StaticKeys(("admin",)), self.engine, flex_timeout
-        )
+        tenancy = Tenancy(KeyStore(self.db), self.ledger, StaticKeys(("admin",)), flex_timeout)
         self.app = create_app(ctx, tenancy, 1 << 20)
         self.started = start
 

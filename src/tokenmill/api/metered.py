@@ -8,8 +8,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from tokenmill.serving.common import RequestMeter
 from tokenmill.tenancy.ledger import CANCELLED, ERROR, FINISHED
-from tokenmill.tenancy.meter import Meter
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -18,7 +18,7 @@ class MeteredStream(StreamingResponse):
     """Starlette stops iterating a stream whose client left without closing the iterator;
     this response's ``finally`` closes both the meter and the iterator, at once."""
 
-    def __init__(self, body: AsyncIterator[str], meter: Meter) -> None:
+    def __init__(self, body: AsyncIterator[str], meter: RequestMeter) -> None:
         self.meter = meter
         self.outcome = CANCELLED  # until the body runs to its end
         self._body = body

@@ -125,9 +125,10 @@ def make_router(ctx: ServingContext, tenancy: Tenancy) -> APIRouter:
         principal = await authenticate(request)
         req = await parse_body(request, model)
         ctx.models.resolve(req.model)  # 404 before anything is reserved
-        meter = tenancy.meter(
+        usage = tenancy.meter(
             principal, ctx.models.model_id, req.model, req.service_tier, kind, req.user
         )
+        meter = RequestMeter(usage, ctx.engine)
         log.info(
             "%s model=%s project=%s key=%s",
             kind, req.model, principal.project, principal.caller.key_id,

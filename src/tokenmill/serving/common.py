@@ -18,6 +18,7 @@ from tokenmill.protocol.errors import (
     APIError,
     BadRequest,
     ContextLengthExceeded,
+    Overloaded,
     QueueTimeout,
     ServiceUnavailable,
 )
@@ -48,18 +49,26 @@ class ServingContext:
         return self.engine.info
 
 
-class RequestMeter(Protocol):
+class UsageMeter(Protocol):
     """Accounting for one request (tenancy implements it): serving reports admission and every
     engine output, so usage is counted from the same numbers the client is shown."""
 
     async def admit(
-        self, request_id: str, prompt_tokens: int, max_new_tokens: int, seqs: int
+        self, request_id: str, prompt_tokens: int, max_new_tokens: int
     ) -> tuple[str, int]:
         """Admit (or raise 429/503) and return ``(service tier used, engine priority)``."""
         ...
 
-    def observe(self, index: int, out: RequestOutput) -> None:
+    def observe(self, index: int, new_tokens: int, cached_tokens: int, failed: bool) -> None:
         """One output of engine request ``index``."""
+        ...
+
+    def headers(self) -> dict[str, str]:
+        """Headers for the response (rate limits)."""
+        ...
+
+    def close(self, status: str) -> None:
+        """The request ended with ``status``; later calls do nothing."""
         ...
 
     @property
@@ -68,6 +77,54 @@ class RequestMeter(Protocol):
         ...
 
     def timed_out(self) -> None: ...
+
+
+class RequestMeter:
+    """A request's usage meter plus its share of the engine's queue bound: admission takes
+    its sequences from the bound (503 past it) before tenancy admits it, and ``close`` gives
+    them back, once, however the request ended. The route closes it on every path."""
+
+    def __init__(self, usage: UsageMeter, engine: AsyncEngine) -> None:
+        self.usage = usage
+        self.engine = engine
+        self._seqs = 0
+
+    async def admit(
+        self, request_id: str, prompt_tokens: int, max_new_tokens: int, seqs: int
+    ) -> tuple[str, int]:
+        if not self.engine.reserve(seqs):
+            raise Overloaded(
+                "The server is overloaded: its queue is full. Please retry shortly.",
+                headers={"retry-after": OVERLOAD_RETRY_AFTER},
+            )
+        self._seqs = seqs
+        try:
+            return await self.usage.admit(request_id, prompt_tokens, max_new_tokens)
+        except BaseException:
+            self._release()
+            raise
+
+    def observe(self, index: int, out: RequestOutput) -> None:
+        new = sum(len(d.token_ids) for d in out.deltas)
+        self.usage.observe(index, new, out.num_cached_tokens, out.error is not None)
+
+    @property
+    def first_output_timeout(self) -> float | None:
+        return self.usage.first_output_timeout
+
+    def timed_out(self) -> None:
+        self.usage.timed_out()
+
+    def headers(self) -> dict[str, str]:
+        return self.usage.headers()
+
+    def close(self, status: str) -> None:
+        self.usage.close(status)
+        self._release()
+
+    def _release(self) -> None:
+        self.engine.release(self._seqs)
+        self._seqs = 0
 
 
 async def admit(
@@ -85,6 +142,9 @@ async def admit(
     )
     meta = dataclasses.replace(meta, service_tier=tier)
     return meta, [dataclasses.replace(r, priority=priority) for r in ereqs]
+
+
+OVERLOAD_RETRY_AFTER = "1"
 
 
 class EngineFailed(APIError):

@@ -62,16 +62,25 @@ def _split(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(x for x in text.split(",") if x)
 
 
+class KeyRefused(Exception):
+    """A key that does not authenticate; ``reason`` is ``invalid``, ``revoked`` or
+    ``expired``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class KeyStore:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, db: Engine) -> None:
+        self.db = db
 
     # -- projects -------------------------------------------------------------------------
 
     def create_project(self, project_id: str) -> None:
         if not _PROJECT_NAME.match(project_id):
             raise ValueError(f"invalid project id {project_id!r}: letters, digits, . _ - only")
-        with Session(self.engine) as s, s.begin():
+        with Session(self.db) as s, s.begin():
             if s.get(Project, project_id) is not None:
                 raise ValueError(f"project {project_id!r} already exists")
             s.add(Project(id=project_id, created_at=time.time()))
@@ -81,7 +90,7 @@ class KeyStore:
         live = (ApiKey.revoked_at.is_(None)) & (
             ApiKey.expires_at.is_(None) | (ApiKey.expires_at > time.time())
         )
-        with Session(self.engine) as s:
+        with Session(self.db) as s:
             counts = dict(
                 s.execute(
                     select(KeyProject.project_id, func.count())
@@ -94,7 +103,7 @@ class KeyStore:
             return [(p, created, counts.get(p, 0)) for p, created in projects]
 
     def project_exists(self, project_id: str) -> bool:
-        with Session(self.engine) as s:
+        with Session(self.db) as s:
             return s.get(Project, project_id) is not None
 
     # -- keys -----------------------------------------------------------------------------
@@ -121,7 +130,7 @@ class KeyStore:
                 raise ValueError(f"{label} must be at least 1")
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = "key_" + secrets.token_hex(8)
-        with Session(self.engine) as s, s.begin():
+        with Session(self.db) as s, s.begin():
             missing = [p for p in projects if s.get(Project, p) is None]
             if missing:
                 raise ValueError(
@@ -149,7 +158,7 @@ class KeyStore:
         return secret, key_id
 
     def list_keys(self) -> list[KeyInfo]:
-        with Session(self.engine) as s:
+        with Session(self.db) as s:
             links: dict[str, list[str]] = {}
             for key_id, project in s.execute(select(KeyProject.key_id, KeyProject.project_id)):
                 links.setdefault(key_id, []).append(project)
@@ -175,7 +184,7 @@ class KeyStore:
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key (effective on its next request); False if there is no such live key."""
-        with Session(self.engine) as s, s.begin():
+        with Session(self.db) as s, s.begin():
             done = s.execute(
                 update(ApiKey)
                 .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
@@ -186,21 +195,20 @@ class KeyStore:
     def has_keys(self) -> bool:
         """Whether any key was ever created (revoked ones count: revoking the last key must
         not reopen a server)."""
-        with Session(self.engine) as s:
+        with Session(self.db) as s:
             return s.scalar(select(ApiKey.id).limit(1)) is not None
 
-    def lookup(self, secret: str) -> Caller | str:
-        """The caller for ``secret``, or why it is refused: ``invalid``, ``revoked``,
-        ``expired``."""
+    def lookup(self, secret: str) -> Caller:
+        """The caller for ``secret``; ``KeyRefused`` says why not."""
         digest = hash_key(secret)
-        with Session(self.engine) as s:
+        with Session(self.db) as s:
             key = s.scalar(select(ApiKey).where(ApiKey.hash == digest))
             if key is None or not hmac.compare_digest(key.hash, digest):
-                return "invalid"
+                raise KeyRefused("invalid")
             if key.revoked_at is not None:
-                return "revoked"
+                raise KeyRefused("revoked")
             if key.expires_at is not None and key.expires_at <= time.time():
-                return "expired"
+                raise KeyRefused("expired")
             projects = s.scalars(select(KeyProject.project_id).where(KeyProject.key_id == key.id))
             models = _split(key.models)
             return Caller(

@@ -84,8 +84,8 @@ def utc_day(ts: float) -> str:
 
 
 class Ledger:
-    def __init__(self, engine: Engine, prices: PriceList | None = None) -> None:
-        self.engine = engine
+    def __init__(self, db: Engine, prices: PriceList | None = None) -> None:
+        self.db = db
         self.prices = prices or PriceList()
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -106,7 +106,7 @@ class Ledger:
     def recover(self) -> int:
         """Mark rows a crash left ``pending`` as ``interrupted``; call before serving.
         Assumes one server per database (another live server's rows would be marked too)."""
-        with Session(self.engine) as s, s.begin():
+        with Session(self.db) as s, s.begin():
             rows = s.scalars(select(UsageRow).where(UsageRow.status == PENDING)).all()
             for row in rows:
                 row.status = INTERRUPTED
@@ -226,7 +226,7 @@ class Ledger:
         _resolve(op.done, error)
 
     def _commit(self, ops: list[_Op]) -> None:
-        with Session(self.engine) as s, s.begin():
+        with Session(self.db) as s, s.begin():
             for op in ops:
                 op.apply(s)
 
@@ -253,7 +253,7 @@ class Ledger:
         if group_by:
             keys = [GROUPS[g] for g in group_by]
             stmt = stmt.group_by(*keys).order_by(*keys)
-        with Session(self.engine) as s:
+        with Session(self.db) as s:
             out = []
             for row in s.execute(stmt).mappings():
                 item = {g: row[g] for g in group_by}
@@ -269,7 +269,7 @@ class Ledger:
     ) -> list[UsageRow]:
         """Every request's row, oldest first."""
         stmt = select(UsageRow).where(*_filters(project, start, end))
-        with Session(self.engine, expire_on_commit=False) as s:
+        with Session(self.db, expire_on_commit=False) as s:
             return list(s.scalars(stmt.order_by(UsageRow.created_at, UsageRow.request_id)))
 
 

@@ -1,5 +1,5 @@
-"""One request's accounting: admission (tier, rate limits, engine queue), tokens as they come,
-and the ledger row, finalized exactly once whatever way the request ends."""
+"""One request's accounting: admission (tier, rate limits), tokens as they come, and the
+ledger row, finalized exactly once whatever way the request ends."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from tokenmill.engine.messages import RequestOutput
-from tokenmill.protocol.errors import Overloaded, RateLimited, ServiceUnavailable
+from tokenmill.protocol.errors import RateLimited, ServiceUnavailable
 from tokenmill.tenancy.ledger import ERROR, TIMEOUT, Opening, Tokens
 from tokenmill.tenancy.limits import Decision, Reservation, Snapshot
 from tokenmill.tenancy.tiers import COUNTED, ENFORCED, PRIORITY, candidates
@@ -19,7 +18,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tokenmill.requests")
 PROGRESS_EVERY = 1.0  # seconds between progress writes of a running request
-OVERLOAD_RETRY_AFTER = "1"
 
 
 class Meter:
@@ -34,14 +32,13 @@ class Meter:
         endpoint: str,
         user: str | None,
     ) -> None:
-        self.t, self.principal, self.model = tenancy, principal, model
+        self.tenancy, self.principal, self.model = tenancy, principal, model
         self.endpoint, self.user = endpoint, user
         self.candidates = candidates(requested_tier, principal.caller.tiers)  # 403 if not granted
         self.tier = self.candidates[0]
         self.request_id: str | None = None
         self.snapshot: Snapshot | None = None
         self.reservation: Reservation | None = None
-        self.seqs = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached: dict[int, int] = {}  # per engine request: the last count reported
@@ -61,19 +58,12 @@ class Meter:
     # -- RequestMeter -----------------------------------------------------------------------
 
     async def admit(
-        self, request_id: str, prompt_tokens: int, max_new_tokens: int, seqs: int
+        self, request_id: str, prompt_tokens: int, max_new_tokens: int
     ) -> tuple[str, int]:
-        """Admit or raise 429/503; then write the pending row. Returns (tier, priority)."""
+        """Admit or raise 429; then write the pending row (503 if the ledger cannot). Returns
+        (tier, priority)."""
         self._check_limits(prompt_tokens + max_new_tokens)  # no await: atomic on the loop
-        if not self.t.engine.reserve(seqs):
-            if self.reservation is not None:
-                self.t.limiter.cancel(self.reservation)
-                self.reservation = None
-            raise Overloaded(
-                "The server is overloaded: its queue is full. Please retry shortly.",
-                headers={"retry-after": OVERLOAD_RETRY_AFTER},
-            )
-        self.request_id, self.seqs, self.prompt_tokens = request_id, seqs, prompt_tokens
+        self.request_id, self.prompt_tokens = request_id, prompt_tokens
         now = time.time()
         self._last_progress = time.monotonic()
         p = self.principal
@@ -82,28 +72,27 @@ class Meter:
             self.user, prompt_tokens, now,
         )  # fmt: skip
         try:
-            await self.t.ledger.open(opening)
+            await self.tenancy.ledger.open(opening)
         except Exception as e:
             log.error("usage ledger write failed: %s", e)
             raise ServiceUnavailable("The usage ledger is unavailable; try again later.") from e
         return self.tier, PRIORITY[self.tier]
 
-    def observe(self, index: int, out: RequestOutput) -> None:
-        self.cached[index] = out.num_cached_tokens
-        new = sum(len(d.token_ids) for d in out.deltas)
-        self.completion_tokens += new
-        if new and self.first_token_at is None:
+    def observe(self, index: int, new_tokens: int, cached_tokens: int, failed: bool) -> None:
+        self.cached[index] = cached_tokens
+        self.completion_tokens += new_tokens
+        if new_tokens and self.first_token_at is None:
             self.first_token_at = time.time()
-        if out.error:
+        if failed:
             self.failure = ERROR
         now = time.monotonic()
         if self.request_id and now - self._last_progress >= PROGRESS_EVERY:
             self._last_progress = now
-            self.t.ledger.progress(self.request_id, self.tokens, self.first_token_at)
+            self.tenancy.ledger.progress(self.request_id, self.tokens, self.first_token_at)
 
     @property
     def first_output_timeout(self) -> float | None:
-        return self.t.flex_timeout if self.tier == "flex" else None
+        return self.tenancy.flex_timeout if self.tier == "flex" else None
 
     def timed_out(self) -> None:
         self.failure = TIMEOUT
@@ -112,7 +101,7 @@ class Meter:
 
     def headers(self) -> dict[str, str]:
         """The ``x-ratelimit-*`` headers: as of admission, or now if not admitted."""
-        snap = self.snapshot or self.t.limiter.peek(self.bucket, self.principal.caller.limits)
+        snap = self.snapshot or self.tenancy.limiter.peek(self.bucket, self.principal.caller.limits)
         return snap.headers() if snap is not None else {}
 
     def close(self, status: str) -> None:
@@ -126,9 +115,8 @@ class Meter:
         status = self.failure or status
         tokens = self.tokens
         if self.reservation is not None:
-            self.t.limiter.settle(self.reservation, tokens.total)
-        self.t.engine.release(self.seqs)
-        self.t.ledger.close(
+            self.tenancy.limiter.settle(self.reservation, tokens.total)
+        self.tenancy.ledger.close(
             self.request_id, status, self.model, self.tier, tokens, self.first_token_at
         )
         log.info(
@@ -141,7 +129,7 @@ class Meter:
         caller = self.principal.caller
         refused: Decision | None = None
         for tier in self.candidates:
-            d = self.t.limiter.admit(
+            d = self.tenancy.limiter.admit(
                 self.bucket, caller.limits, tokens, enforce=tier in ENFORCED, count=tier in COUNTED
             )
             if d.admitted:

@@ -6,11 +6,10 @@ import asyncio
 import hashlib
 from dataclasses import dataclass
 
-from tokenmill.engine.front import AsyncEngine
 from tokenmill.protocol.errors import Forbidden, Unauthorized
 from tokenmill.tenancy.auth import StaticKeys, bearer_token
 from tokenmill.tenancy.db import DEFAULT_PROJECT
-from tokenmill.tenancy.keys import Caller, KeyStore
+from tokenmill.tenancy.keys import Caller, KeyRefused, KeyStore
 from tokenmill.tenancy.ledger import Ledger
 from tokenmill.tenancy.limits import Limits, RateLimiter
 from tokenmill.tenancy.meter import Meter
@@ -42,10 +41,9 @@ class Tenancy:
         store: KeyStore,
         ledger: Ledger,
         static: StaticKeys,
-        engine: AsyncEngine,
         flex_timeout: float,
     ) -> None:
-        self.store, self.ledger, self.static, self.engine = store, ledger, static, engine
+        self.store, self.ledger, self.static = store, ledger, static
         self.flex_timeout = flex_timeout
         self.limiter = RateLimiter()
         self._closed = not static.open  # once a key exists the server never reopens
@@ -77,10 +75,10 @@ class Tenancy:
         static = self.static.match(token)
         if static is not None:
             return admin_caller("static-" + hashlib.sha256(static.encode()).hexdigest()[:8])
-        found = await asyncio.to_thread(self.store.lookup, token)
-        if isinstance(found, str):
-            raise Unauthorized(_REFUSED[found])
-        return found
+        try:
+            return await asyncio.to_thread(self.store.lookup, token)
+        except KeyRefused as e:
+            raise Unauthorized(_REFUSED[e.reason]) from None
 
     def meter(
         self,
