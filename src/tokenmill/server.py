@@ -69,8 +69,7 @@ def build_context(config: ServeConfig) -> ServingContext:
     # llguidance tokenizes grammar literals the way the model does.
     tokenizer = make_tokenizer(info, lambda s: runner.tokenize(s, False, False))
     grammars = GrammarCompiler(tokenizer)
-    n_max = config.engine.max_num_seqs
-    return ServingContext(engine, models, template, n_max, grammars, faults)
+    return ServingContext(engine, models, template, runner, grammars, faults)
 
 
 def build_tenancy(config: ServeConfig) -> Tenancy:

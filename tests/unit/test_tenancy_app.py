@@ -45,7 +45,9 @@ class Stack:
         self.engine = AsyncEngine(self.faults, config)
         grammars = GrammarCompiler(make_tokenizer(self.runner.info))
         template = ChatTemplate(None, "", "")
-        ctx = ServingContext(self.engine, ModelRegistry("fake"), template, 4, grammars, self.faults)
+        ctx = ServingContext(
+            self.engine, ModelRegistry("fake"), template, self.runner, grammars, self.faults
+        )
         self.db = open_database(str(tmp / "t.db"))
         self.ledger = Ledger(self.db)
         tenancy = Tenancy(KeyStore(self.db), self.ledger, StaticKeys(("admin",)), flex_timeout)

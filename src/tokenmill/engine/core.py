@@ -29,7 +29,7 @@ from tokenmill.engine.batch import build_batch
 from tokenmill.engine.detok import Detokenizer
 from tokenmill.engine.live import LiveRequest
 from tokenmill.engine.messages import ChoiceDelta, EngineRequest, RequestOutput
-from tokenmill.engine.verify import Pick, Sampled, sample_picks
+from tokenmill.engine.sample import Pick, Sampled, sample_picks
 from tokenmill.runner.base import KVCacheFull, ModelRunner
 from tokenmill.sampling.sampler import SamplerState
 

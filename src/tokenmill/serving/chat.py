@@ -40,7 +40,7 @@ def render_prompt(req: ChatCompletionRequest, ctx: ServingContext) -> list[int]:
     info = ctx.info
     bos = ctx.template.bos_token
     add_bos = info.add_bos and not (bos and text.startswith(bos))
-    return ctx.engine.runner.tokenize(text, add_special=add_bos, parse_special=True)
+    return ctx.tokenizer.tokenize(text, add_special=add_bos, parse_special=True)
 
 
 async def create_chat_completion(

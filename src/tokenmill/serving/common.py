@@ -23,7 +23,7 @@ from tokenmill.protocol.errors import (
     ServiceUnavailable,
 )
 from tokenmill.protocol.requests import GenerationFields
-from tokenmill.runner.base import ModelInfo
+from tokenmill.runner.base import ModelInfo, Tokenizer
 from tokenmill.runner.faults import FaultInjector
 from tokenmill.sampling.params import SamplingParams
 from tokenmill.sampling.sampler import TokenLogprob
@@ -40,13 +40,17 @@ class ServingContext:
     engine: AsyncEngine
     models: ModelRegistry
     template: ChatTemplate
-    max_num_seqs: int
+    tokenizer: Tokenizer  # the model's, safe to call from the event loop
     grammars: GrammarCompiler
     faults: FaultInjector | None = None  # --fault-injection: tests arm faults on the runner
 
     @property
     def info(self) -> ModelInfo:
         return self.engine.info
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.engine.config.max_num_seqs
 
 
 class UsageMeter(Protocol):

@@ -52,7 +52,7 @@ def normalize_prompts(req: CompletionRequest, ctx: ServingContext) -> list[Promp
     prompts = []
     for item in items:
         if isinstance(item, str):
-            ids = ctx.engine.runner.tokenize(item, add_special=info.add_bos, parse_special=True)
+            ids = ctx.tokenizer.tokenize(item, add_special=info.add_bos, parse_special=True)
             prompts.append(Prompt(ids, item))
         else:
             check_token_ids(item, info.vocab_size, "prompt")
