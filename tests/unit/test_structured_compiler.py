@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from tokenmill.protocol.errors import APIError, BadRequest, ServiceUnavailable
 from tokenmill.structured import GrammarCompiler, grammar_for
 from tokenmill.structured.compiler import MAX_GRAMMAR_CHARS
 from tokenmill.structured.constraints import Constraint
+from tokenmill.structured.errors import CompilerBusy, InvalidConstraint, StructuredError
 
 from .test_structured_masks import smollm2
 
@@ -29,8 +29,8 @@ def constraint(**fields: Any) -> Constraint:
     return c
 
 
-def compile_error(**fields: Any) -> BadRequest:
-    with pytest.raises(BadRequest) as info:
+def compile_error(**fields: Any) -> InvalidConstraint:
+    with pytest.raises(InvalidConstraint) as info:
         compiler().compile(constraint(**fields))
     return info.value
 
@@ -110,12 +110,12 @@ def test_errors_are_cached_per_field() -> None:
     comp = compiler()
     schema = {"type": "string", "format": "bogus"}
     for _ in range(2):
-        with pytest.raises(BadRequest) as info:
+        with pytest.raises(InvalidConstraint) as info:
             comp.compile(constraint(guided_json=schema))
         assert info.value.param == "guided_json"
     assert comp.hits == 1
     fmt = {"type": "json_schema", "json_schema": {"schema": schema}}
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(InvalidConstraint) as info:
         comp.compile(constraint(response_format=fmt))  # same grammar text, another field
     assert info.value.param == "response_format"
 
@@ -135,20 +135,20 @@ def test_a_slow_compile_times_out_and_frees_its_slot(monkeypatch: pytest.MonkeyP
         return build(c)
 
     monkeypatch.setattr(comp, "_build_checked", slow)
-    with pytest.raises(BadRequest, match="too complex") as info:
+    with pytest.raises(InvalidConstraint, match="too complex") as info:
         comp.compile(constraint(guided_regex="x+"))
     assert info.value.param == "guided_regex"
     monkeypatch.undo()
     comp.timeout = 10.0
     comp.compile(constraint(guided_regex="y"))  # waits for the abandoned compile's slot
-    with pytest.raises(BadRequest, match="too complex"):  # the verdict is cached
+    with pytest.raises(InvalidConstraint, match="too complex"):  # the verdict is cached
         comp.compile(constraint(guided_regex="x+"))
 
 
 def test_busy_compiler_answers_503() -> None:
     comp = compiler(timeout=0.05)
     assert comp._slots.acquire()  # as if another compile were running
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(CompilerBusy):
         comp.compile(constraint(guided_regex="y"))
     comp._slots.release()
     comp.timeout = 5.0
@@ -262,7 +262,7 @@ def max_rss_mb() -> int:
 @pytest.mark.parametrize("name", list(REFUSED))
 def test_hostile_grammars_are_refused_quickly(name: str) -> None:
     started = time.monotonic()
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidConstraint):
         compiler().compile(constraint(**REFUSED[name]))
     assert time.monotonic() - started < 2.0
 
@@ -272,8 +272,8 @@ def test_expensive_grammars_are_bounded(name: str) -> None:
     started = time.monotonic()
     try:
         compiler().compile(constraint(**BOUNDED[name]))
-    except APIError as e:
-        assert isinstance(e, BadRequest)
+    except StructuredError as e:
+        assert isinstance(e, InvalidConstraint)
     assert time.monotonic() - started < 2.0
 
 
@@ -282,6 +282,6 @@ def test_hostile_grammars_do_not_bloat_memory() -> None:
     before = max_rss_mb()
     comp = compiler()
     for fields in [*REFUSED.values(), *BOUNDED.values()]:
-        with contextlib.suppress(BadRequest):
+        with contextlib.suppress(InvalidConstraint):
             comp.compile(constraint(**fields)).matcher()
     assert max_rss_mb() - before < 600

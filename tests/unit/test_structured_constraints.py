@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tokenmill.protocol.errors import BadRequest
+from tokenmill.api.errors import from_structured
 from tokenmill.structured import (
     ToolChoice,
     format_tool_calls,
@@ -16,6 +16,7 @@ from tokenmill.structured import (
     parse_tool_calls,
     tools_system_prompt,
 )
+from tokenmill.structured.errors import InvalidConstraint
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
 WEATHER = {
@@ -49,11 +50,11 @@ def schema_in(grammar: str) -> Any:
     return json.loads(grammar.split("%json ", 1)[1].splitlines()[0])
 
 
-def bad(param: str, **fields: Any) -> BadRequest:
-    with pytest.raises(BadRequest) as info:
+def bad(param: str, **fields: Any) -> InvalidConstraint:
+    with pytest.raises(InvalidConstraint) as info:
         grammar_for(**fields)
     assert info.value.param == param, info.value.message
-    assert info.value.status_code == 400
+    assert from_structured(info.value).status_code == 400  # what the edge answers
     return info.value
 
 

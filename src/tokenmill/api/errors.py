@@ -11,13 +11,28 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tokenmill.protocol.errors import APIError, BadRequest, MethodNotAllowed, NotFound
+from tokenmill.protocol.errors import (
+    APIError,
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+)
 from tokenmill.protocol.requests import UnsupportedField
+from tokenmill.structured.errors import CompilerBusy, StructuredError
 
 log = logging.getLogger(__name__)
 
 # Type tags pydantic puts in error locations for union members; not parameter names.
 _UNION_TAGS = ("str", "int", "float", "bool", "list", "dict", "function", "literal", "nullable")
+
+
+def from_structured(exc: StructuredError) -> APIError:
+    """Structured output's own errors at the edge: a bad constraint is the client's 400, a
+    busy compiler the server's 503."""
+    if isinstance(exc, CompilerBusy):
+        return ServiceUnavailable(exc.message, exc.param, headers={"retry-after": "1"})
+    return BadRequest(exc.message, exc.param)
 
 
 def error_response(err: APIError) -> JSONResponse:
@@ -59,6 +74,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(StructuredError)
+    async def _structured(_: Request, exc: StructuredError) -> JSONResponse:
+        return error_response(from_structured(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

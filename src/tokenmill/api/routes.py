@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from tokenmill.api.errors import from_validation_error
+from tokenmill.api.errors import from_structured, from_validation_error
 from tokenmill.api.metered import MeteredStream
 from tokenmill.protocol.errors import APIError, BadRequest, Forbidden
 from tokenmill.protocol.requests import (
@@ -24,6 +24,7 @@ from tokenmill.protocol.requests import (
 from tokenmill.serving.chat import create_chat_completion
 from tokenmill.serving.common import RequestMeter, ServingContext
 from tokenmill.serving.completions import create_completion
+from tokenmill.structured.errors import StructuredError
 from tokenmill.tenancy.ledger import CANCELLED, ERROR, FINISHED
 from tokenmill.tenancy.service import Principal, Tenancy
 
@@ -134,11 +135,14 @@ def make_router(ctx: ServingContext, tenancy: Tenancy) -> APIRouter:
             kind, req.model, principal.project, principal.caller.key_id,
         )  # fmt: skip
         try:
-            if req.stream:
-                body = await create(req, ctx, meter)
-                assert not isinstance(body, dict)
-                return MeteredStream(body, meter)  # closes the meter when the stream ends
-            result = await until_disconnect(request, create(req, ctx, meter))
+            try:
+                if req.stream:
+                    body = await create(req, ctx, meter)
+                    assert not isinstance(body, dict)
+                    return MeteredStream(body, meter)  # closes the meter when the stream ends
+                result = await until_disconnect(request, create(req, ctx, meter))
+            except StructuredError as e:
+                raise from_structured(e) from e
         except APIError as e:
             meter.close(ERROR)
             e.headers = {**meter.headers(), **e.headers}

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from tokenmill.protocol.errors import BadRequest
+from tokenmill.structured.errors import InvalidConstraint
 
 # Compact JSON with the separators models write (and json.dumps writes) and no free
 # whitespace: flexible whitespace lets a model emit newlines forever inside an object.
@@ -25,11 +25,13 @@ def load_schema(value: Any, param: str) -> dict[str, Any]:
         try:
             value = json.loads(value)
         except (ValueError, RecursionError) as e:
-            raise BadRequest(f"{param} is not valid JSON: {e}", param) from e
+            raise InvalidConstraint(f"{param} is not valid JSON: {e}", param) from e
     if not isinstance(value, Mapping):
-        raise BadRequest(f"{param} must be a JSON schema object", param)
+        raise InvalidConstraint(f"{param} must be a JSON schema object", param)
     if json_depth(value) > MAX_SCHEMA_DEPTH:
-        raise BadRequest(f"{param} is nested more than {MAX_SCHEMA_DEPTH} levels deep", param)
+        raise InvalidConstraint(
+            f"{param} is nested more than {MAX_SCHEMA_DEPTH} levels deep", param
+        )
     return dict(value)
 
 
@@ -53,4 +55,4 @@ def dumps(value: Any, param: str) -> str:
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as e:
-        raise BadRequest(f"{param} is not a JSON schema: {e}", param) from e
+        raise InvalidConstraint(f"{param} is not a JSON schema: {e}", param) from e

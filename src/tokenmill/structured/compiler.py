@@ -36,9 +36,9 @@ import llguidance
 import llguidance.numpy as llnp
 import numpy as np
 
-from tokenmill.protocol.errors import APIError, BadRequest, ServiceUnavailable
 from tokenmill.structured.calllist import CallWatcher
 from tokenmill.structured.constraints import Constraint
+from tokenmill.structured.errors import CompilerBusy, InvalidConstraint, StructuredError
 from tokenmill.structured.matcher import Bitmask, Matcher
 
 T = TypeVar("T")
@@ -121,7 +121,7 @@ class GrammarCompiler:
         self.hits = self.misses = 0
 
     def compile(self, constraint: Constraint) -> CompiledGrammar:
-        """The compiled grammar, or ``BadRequest`` naming the field at fault."""
+        """The compiled grammar, or ``InvalidConstraint`` naming the field at fault."""
         # Errors name fields, so they are cached per grammar *and* the fields it came from
         # (the same schema may come as guided_json or as response_format).
         ok_key, err_key = _ok_key(constraint), _error_key(constraint)
@@ -141,7 +141,7 @@ class GrammarCompiler:
         try:
             return _unwrap(future.result(timeout=2 * self.timeout + 1))
         except FutureTimeout:
-            raise ServiceUnavailable("grammar compilation is busy; retry shortly") from None
+            raise CompilerBusy("grammar compilation is busy; retry shortly") from None
 
     def matcher(self, constraint: Constraint) -> Matcher:
         return self.compile(constraint).matcher()
@@ -151,7 +151,7 @@ class GrammarCompiler:
         result: CompiledGrammar | _Failure
         try:
             result = self._compile_bounded(constraint)
-        except APIError as e:
+        except StructuredError as e:
             result = _Failure(type(e), e.message, e.param)
         except BaseException as e:  # never leave waiters hanging
             with self._lock:
@@ -162,7 +162,7 @@ class GrammarCompiler:
             self._inflight.pop(err_key, None)
             if isinstance(result, CompiledGrammar):
                 self._cache[_ok_key(constraint)] = result
-            elif result.kind is not ServiceUnavailable:  # busy says nothing about the grammar
+            elif result.kind is not CompilerBusy:  # busy says nothing about the grammar
                 self._cache[err_key] = result
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
@@ -170,7 +170,7 @@ class GrammarCompiler:
 
     def _compile_bounded(self, constraint: Constraint) -> CompiledGrammar:
         if len(constraint.grammar) > MAX_GRAMMAR_CHARS:
-            raise BadRequest(
+            raise InvalidConstraint(
                 f"{constraint.param} is too large: its grammar has {len(constraint.grammar):,} "
                 f"characters, at most {MAX_GRAMMAR_CHARS:,} are allowed",
                 constraint.param,
@@ -178,14 +178,14 @@ class GrammarCompiler:
         # Waiting for a slot is the server's business (503); the compile's own time, counted
         # once it has the slot, is the grammar's (400, cached).
         if not self._slots.acquire(timeout=self.timeout):
-            raise ServiceUnavailable("grammar compilation is busy; retry shortly")
+            raise CompilerBusy("grammar compilation is busy; retry shortly")
         # The slot is released by the worker when it finishes, even after we stop waiting,
         # so abandoned compiles still count against the concurrency bound.
         outcome = _on_big_stack(lambda: self._build_checked(constraint), self._slots.release)
         try:
             return outcome.result(timeout=self.timeout)
         except FutureTimeout:
-            raise BadRequest(
+            raise InvalidConstraint(
                 f"{constraint.param} is too complex: compiling it took over {self.timeout:g} s",
                 constraint.param,
             ) from None
@@ -201,9 +201,11 @@ class GrammarCompiler:
             _, part_error = self._build(part)
             if part_error:
                 keep = param == "guided_grammar"  # positions in the client's own text
-                raise BadRequest(f"invalid {param}: {_clean(part_error, keep)}", param)
+                raise InvalidConstraint(f"invalid {param}: {_clean(part_error, keep)}", param)
         keep = constraint.kind == "grammar"
-        raise BadRequest(f"invalid {constraint.param}: {_clean(error, keep)}", constraint.param)
+        raise InvalidConstraint(
+            f"invalid {constraint.param}: {_clean(error, keep)}", constraint.param
+        )
 
     def _build(self, grammar: str) -> tuple[llguidance.LLMatcher | None, str]:
         """A matcher that computed its first mask, or the error llguidance gave."""
@@ -291,7 +293,7 @@ def _clean(error: str, keep_position: bool = False) -> str:
 class _Failure:
     """A cached error: raised anew each time (re-raising one object grows its traceback)."""
 
-    kind: type[APIError]
+    kind: type[StructuredError]
     message: str
     param: str | None
 

@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 import llguidance
 
-from tokenmill.protocol.errors import BadRequest
 from tokenmill.structured._json import JSON_OPTIONS, dumps, load_schema
+from tokenmill.structured.errors import InvalidConstraint
 from tokenmill.structured.tools import (
     ToolChoice,
     ToolSpec,
@@ -99,7 +99,7 @@ def grammar_for(
 ) -> Constraint | None:
     """The one constraint a request's fields add up to, or None when nothing constrains.
 
-    Raises ``BadRequest`` naming the field for malformed values and conflicts. ``functions``
+    Raises ``InvalidConstraint`` naming the field for malformed values and conflicts. ``functions``
     and ``function_call`` are the legacy spelling of ``tools`` and ``tool_choice`` (one call
     at most, as the legacy API returns a single ``function_call``).
     """
@@ -112,7 +112,7 @@ def grammar_for(
         return _standalone(content) if content is not None else None
     if choice.mode != "auto" and guided:
         param = guided[0].param
-        raise BadRequest(
+        raise InvalidConstraint(
             f"{param} cannot be combined with tool_choice {choice.describe()}: the output "
             "must be tool calls",
             param,
@@ -153,13 +153,15 @@ def _tool_fields(
     """Validated tools, the effective tool choice, parallelism and the field they came from."""
     if functions is not None or function_call is not None:
         if tools is not None or tool_choice is not None:
-            raise BadRequest("use either tools/tool_choice or the legacy functions", "functions")
+            raise InvalidConstraint(
+                "use either tools/tool_choice or the legacy functions", "functions"
+            )
         specs = parse_tools(functions, "functions", legacy=True)
         return specs, parse_tool_choice(function_call, specs, "function_call"), False, "functions"
     if parallel is None:
         parallel = True
     if not isinstance(parallel, bool):
-        raise BadRequest("parallel_tool_calls must be a boolean", "parallel_tool_calls")
+        raise InvalidConstraint("parallel_tool_calls must be a boolean", "parallel_tool_calls")
     specs = parse_tools(tools, "tools")
     return specs, parse_tool_choice(tool_choice, specs, "tool_choice"), parallel, "tools"
 
@@ -183,7 +185,7 @@ def _guided(json_: Any, regex: Any, choice: Any, grammar: Any) -> list[Content]:
 def _combine(guided: list[Content], fmt: Content | None) -> Content | None:
     """At most one content constraint survives; see the module docstring for the rules."""
     if len(guided) > 1:
-        raise BadRequest(
+        raise InvalidConstraint(
             f"{guided[1].param} conflicts with {guided[0].param}: give one kind of guided decoding",
             guided[1].param,
         )
@@ -191,11 +193,11 @@ def _combine(guided: list[Content], fmt: Content | None) -> Content | None:
     if fmt is None or first is None:
         return first or fmt
     if first.kind != "json":
-        raise BadRequest(f"response_format conflicts with {first.param}", "response_format")
+        raise InvalidConstraint(f"response_format conflicts with {first.param}", "response_format")
     if fmt.schema is None:  # json_object: the schema wins, and must describe an object
         return _as_object(first)
     if fmt.schema != first.schema:
-        raise BadRequest(
+        raise InvalidConstraint(
             "response_format json_schema differs from guided_json: give one schema",
             "response_format",
         )
@@ -215,7 +217,7 @@ def _as_object(content: Content) -> Content:
     if typ is None:
         schema["type"] = "object"
     elif typ != "object" and not (isinstance(typ, list) and "object" in typ):
-        raise BadRequest(
+        raise InvalidConstraint(
             f"response_format json_object conflicts with {content.param}, whose schema "
             f"is of type {json.dumps(typ)}",
             "response_format",
@@ -228,24 +230,26 @@ def _response_format(value: Any) -> Content | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
-        raise BadRequest("response_format must be an object", "response_format")
+        raise InvalidConstraint("response_format must be an object", "response_format")
     kind = value.get("type")
     if kind == "text":
         return None
     if kind == "json_object":
         return json_content({"type": "object"}, "response_format", any_object=True)
     if kind != "json_schema":
-        raise BadRequest(
+        raise InvalidConstraint(
             f"response_format.type must be 'text', 'json_object' or 'json_schema', got {kind!r}",
             "response_format",
         )
     spec = value.get("json_schema")
     if not isinstance(spec, Mapping):
-        raise BadRequest(
+        raise InvalidConstraint(
             "response_format json_schema needs a 'json_schema' object", "response_format"
         )
     if "name" in spec and not isinstance(spec["name"], str):
-        raise BadRequest("response_format.json_schema.name must be a string", "response_format")
+        raise InvalidConstraint(
+            "response_format.json_schema.name must be a string", "response_format"
+        )
     if spec.get("schema") is None:  # OpenAI allows omitting it: then any JSON object
         return json_content({"type": "object"}, "response_format", any_object=True)
     return json_content(load_schema(spec["schema"], "response_format"), "response_format")
@@ -253,7 +257,7 @@ def _response_format(value: Any) -> Content | None:
 
 def _regex(value: Any) -> Content:
     if not isinstance(value, str) or not value:
-        raise BadRequest("guided_regex must be a non-empty string", "guided_regex")
+        raise InvalidConstraint("guided_regex must be a non-empty string", "guided_regex")
     # "d": \d means [0-9] (Python's \d would also allow other scripts' digits).
     body = "/" + llguidance.regex_to_lark(value, "d") + "/"
     return Content("regex", "guided_regex", f"start: {body}\n", body)
@@ -261,7 +265,9 @@ def _regex(value: Any) -> Content:
 
 def _choice(value: Any) -> Content:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise BadRequest("guided_choice must be a non-empty list of strings", "guided_choice")
+        raise InvalidConstraint(
+            "guided_choice must be a non-empty list of strings", "guided_choice"
+        )
     # One terminal, not a rule per choice: the lexer then holds the choices as one automaton
     # (measured: 20k choices compile in 0.15 s; as 20k rules far slower).
     choices = list(dict.fromkeys(value))
@@ -273,5 +279,5 @@ def _choice(value: Any) -> Content:
 
 def _lark(value: Any) -> Content:
     if not isinstance(value, str) or not value.strip():
-        raise BadRequest("guided_grammar must be a non-empty string", "guided_grammar")
+        raise InvalidConstraint("guided_grammar must be a non-empty string", "guided_grammar")
     return Content("grammar", "guided_grammar", value)

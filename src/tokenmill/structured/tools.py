@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from tokenmill.protocol.errors import BadRequest
 from tokenmill.structured._json import JSON_OPTIONS, dumps, load_schema
+from tokenmill.structured.errors import InvalidConstraint
 
 if TYPE_CHECKING:
     from tokenmill.structured.constraints import Content
@@ -105,37 +105,39 @@ def parse_tools(value: Any, param: str = "tools", legacy: bool = False) -> tuple
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise BadRequest(f"{param} must be a list", param)
+        raise InvalidConstraint(f"{param} must be a list", param)
     specs: list[ToolSpec] = []
     for i, item in enumerate(value):
         path = f"{param}[{i}]"
         if not isinstance(item, Mapping):
-            raise BadRequest(f"{path} must be an object", path)
+            raise InvalidConstraint(f"{path} must be an object", path)
         if not legacy:
             if item.get("type", "function") != "function":
-                raise BadRequest(f"{path}.type must be 'function'", f"{path}.type")
+                raise InvalidConstraint(f"{path}.type must be 'function'", f"{path}.type")
             item = item.get("function")
             path += ".function"
             if not isinstance(item, Mapping):
-                raise BadRequest(f"{path} must be an object", path)
+                raise InvalidConstraint(f"{path} must be an object", path)
         specs.append(_tool_spec(item, path))
         if any(s.name == specs[-1].name for s in specs[:-1]):
-            raise BadRequest(f"{path}.name {specs[-1].name!r} is given twice", f"{path}.name")
+            raise InvalidConstraint(
+                f"{path}.name {specs[-1].name!r} is given twice", f"{path}.name"
+            )
     return tuple(specs)
 
 
 def _tool_spec(fn: Mapping[str, Any], path: str) -> ToolSpec:
     name = fn.get("name")
     if not isinstance(name, str) or not name:
-        raise BadRequest(f"missing required parameter {path}.name", f"{path}.name")
+        raise InvalidConstraint(f"missing required parameter {path}.name", f"{path}.name")
     if not _NAME_RE.fullmatch(name):
-        raise BadRequest(
+        raise InvalidConstraint(
             f"{path}.name must be 1 to 64 letters, digits, underscores or dashes",
             f"{path}.name",
         )
     description = fn.get("description")
     if description is not None and not isinstance(description, str):
-        raise BadRequest(f"{path}.description must be a string", f"{path}.description")
+        raise InvalidConstraint(f"{path}.description must be a string", f"{path}.description")
     params = fn.get("parameters")
     if params is None:
         params = _EMPTY_PARAMETERS
@@ -157,21 +159,23 @@ def parse_tool_choice(
     if isinstance(value, str):
         modes = ("none", "auto") if legacy else ("none", "auto", "required")
         if value not in modes:
-            raise BadRequest(f"{param} must be one of {', '.join(modes)} or a function", param)
+            raise InvalidConstraint(
+                f"{param} must be one of {', '.join(modes)} or a function", param
+            )
         if value == "required" and not specs:
-            raise BadRequest(f"{param} 'required' needs tools", param)
+            raise InvalidConstraint(f"{param} 'required' needs tools", param)
         return ToolChoice(value) if specs else None  # type: ignore[arg-type]
     if not isinstance(value, Mapping):
-        raise BadRequest(f"{param} must be a string or an object", param)
+        raise InvalidConstraint(f"{param} must be a string or an object", param)
     fn = value if legacy else value.get("function")
     if not legacy and value.get("type", "function") != "function":
-        raise BadRequest(f"{param}.type must be 'function'", param)
+        raise InvalidConstraint(f"{param}.type must be 'function'", param)
     name = fn.get("name") if isinstance(fn, Mapping) else None
     if not isinstance(name, str):
         shape = '{"name": ...}' if legacy else '{"type": "function", "function": {"name": ...}}'
-        raise BadRequest(f"{param} must name a function as {shape}", param)
+        raise InvalidConstraint(f"{param} must name a function as {shape}", param)
     if name not in {s.name for s in specs}:
-        raise BadRequest(f"{param} names {name!r}, which is not among the tools", param)
+        raise InvalidConstraint(f"{param} names {name!r}, which is not among the tools", param)
     return ToolChoice("named", name)
 
 
