@@ -11,6 +11,15 @@ from pathlib import Path
 import pytest
 
 PG_ENV = "TOKENMILL_TEST_DATABASE_URL"
+E2E_DIR = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e/ loads the real model: mark it, so ``-m "not e2e"`` runs
+    what needs no model."""
+    for item in items:
+        if E2E_DIR in Path(item.path).parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -19,7 +19,6 @@ from tests.e2e.conftest import Server, start_server, stop_server
 from tests.e2e.tenancy_helpers import MODEL
 from tests.e2e.test_tenancy_ledger import ledger_rows
 
-pytestmark = pytest.mark.e2e
 ADMIN = "tm-admin"
 HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 NO_EOS = {"2": -100}  # SmolLM2's <|im_end|>: streams run to max_tokens
