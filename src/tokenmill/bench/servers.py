@@ -49,38 +49,55 @@ def llama_server_cmd(binary: str, s: ServerSettings, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def root_url(cmd: list[str]) -> str:
+    """Where the server started by ``cmd`` (which has a ``--port``) listens."""
+    return f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}"
+
+
 @contextlib.contextmanager
 def running(cmd: list[str], name: str) -> Iterator[str]:
-    """Start a server, wait until it is ready, yield its /v1 URL, then stop it.
+    """Start a server, wait until it is ready, yield its /v1 URL, then stop it."""
+    with started(cmd, name):
+        yield root_url(cmd) + "/v1"
+
+
+@contextlib.contextmanager
+def started(
+    cmd: list[str], name: str, log_path: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server, wait until it is ready, yield its process, then stop it (if the caller
+    has not) however the block ends.
 
     tokenmill's ``/health`` is liveness (200 while the model loads); ``/ready`` is what
     says it serves. llama-server's ``/health`` answers 503 until its model is loaded."""
-    port = int(cmd[cmd.index("--port") + 1])
-    log = Path(f"/tmp/tokenmill-bench-{name}.log").open("w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        root = f"http://127.0.0.1:{port}"
-        probe = "/ready" if "tokenmill" in cmd else "/health"
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}; see {log.name}")
-            try:
-                if httpx.get(f"{root}{probe}", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
-            raise RuntimeError(f"{name} did not become healthy; see {log.name}")
-        yield f"{root}/v1"
-    finally:
-        proc.terminate()
+    log_path = log_path or Path(f"/tmp/tokenmill-bench-{name}.log")
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            probe = "/ready" if "tokenmill" in cmd else "/health"
+            _wait_ready(proc, root_url(cmd) + probe, name, log_path)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], probe: str, name: str, log_path: Path) -> None:
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}; see {log_path}")
+        try:
+            if httpx.get(probe, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{name} did not become ready; see {log_path}")
 
 
 def new_port() -> int:
