@@ -34,29 +34,49 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--api-key", default="none")
     p.add_argument("--model", help="model name to send (default: the server's first model)")
     p.add_argument("--workload", default="chat", help=f"comma list of {', '.join(WORKLOADS)}")
-    p.add_argument("--concurrency", default="1,4,16,32", help="comma list of levels")
+    p.add_argument(
+        "--concurrency", help="comma list of levels (default 1,4,16,32; with --soak: one, 6)"
+    )
     p.add_argument("--requests", type=int, default=0, help="per level (default 4×c, min 16)")
-    p.add_argument("--duration", type=float, default=0, help="seconds per level (optional cap)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=0,
+        help="seconds per level (optional cap); with --soak, the length of the run",
+    )
     p.add_argument("--max-tokens", type=int, default=0, help="default depends on the workload")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench-results")
     p.add_argument(
         "--compare", action="store_true", help="tokenmill against llama-server, level by level"
     )
+    p.add_argument(
+        "--soak",
+        action="store_true",
+        help="start tokenmill and run a mixed load for --duration seconds, checking memory, "
+        "file descriptors, restarts and the usage ledger (docs/reliability.md)",
+    )
     p.add_argument("--peer-binary", default=DEFAULT_PEER)
-    p.add_argument("--model-path", help="GGUF for --compare (default: the embedded model)")
+    p.add_argument(
+        "--model-path", help="GGUF for --compare and --soak (default: the embedded model)"
+    )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--ctx-size", type=int, default=4096, help="per sequence, for --compare")
-    p.add_argument("--slots", type=int, default=8, help="parallel sequences, for --compare")
+    p.add_argument(
+        "--ctx-size", type=int, default=4096, help="per sequence, for --compare and --soak"
+    )
+    p.add_argument(
+        "--slots", type=int, default=8, help="parallel sequences, for --compare and --soak"
+    )
     p.add_argument(
         "--tokenmill-args",
         default="",
-        help='extra `tokenmill serve` flags for --compare, e.g. --tokenmill-args="--flash-attn"',
+        help="extra `tokenmill serve` flags for --compare and --soak, "
+        'e.g. --tokenmill-args="--flash-attn"',
     )
 
 
 def _levels(args: argparse.Namespace) -> list[int]:
-    return [int(x) for x in args.concurrency.split(",") if x.strip()]
+    return [int(x) for x in (args.concurrency or "1,4,16,32").split(",") if x.strip()]
 
 
 def _workloads(args: argparse.Namespace) -> list[str]:
@@ -105,6 +125,10 @@ def _first_model(base_url: str, api_key: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.soak:
+        from tokenmill.bench.soak.run import run_soak
+
+        return run_soak(args, _settings(args))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, list[dict[str, Any]]]]
