@@ -97,6 +97,8 @@ def process(samples: list[Sample], idle: Sample, warmup: float) -> dict[str, Any
         },
         "samples": len(live),
         "warmup_s": round(warmup, 1),
+        # [seconds, RSS MB, open fds] for whoever wants to plot or refit them
+        "series": [[round(s.t, 1), round((s.rss_kb or 0) / 1024, 1), s.fds] for s in live],
     }
 
 

@@ -68,11 +68,8 @@ class Outcome:
     detail: str | None = None
 
 
-def _json_body(rng: random.Random, max_tokens: int) -> dict[str, Any]:
-    return WORKLOADS["guided-json"](rng, MODEL, max_tokens).body
-
-
-# (variant, expected status, what changes in a valid chat call)
+CHAT, LEGACY = "/v1/chat/completions", "/v1/completions"
+# (variant, expected status, what changes in a valid chat body)
 _BAD: tuple[tuple[str, int, dict[str, Any]], ...] = (
     ("invalid-param", 400, {"temperature": 5}),
     ("wrong-type", 400, {"max_tokens": "many"}),
@@ -81,6 +78,15 @@ _BAD: tuple[tuple[str, int, dict[str, Any]], ...] = (
     ("bad-key", 401, {}),
     ("malformed-json", 400, {}),
 )
+_MALFORMED = b'{"model": "bench-model", "messages": [{"role": "user", "content": '
+
+
+def _body(workload: str, rng: random.Random, max_tokens: int) -> dict[str, Any]:
+    return WORKLOADS[workload](rng, MODEL, max_tokens).body
+
+
+def _streamed(body: dict[str, Any]) -> dict[str, Any]:
+    return {**body, "stream": True, "stream_options": {"include_usage": True}}
 
 
 @dataclass
@@ -100,68 +106,44 @@ class Mix:
         return getattr(self, "_" + kind)(k)
 
     def _chat(self, k: int) -> Call:
-        body = WORKLOADS["chat"](self.rng, MODEL, 32).body
-        body["stream_options"] = {"include_usage": True}
-        return Call(
-            "chat",
-            "stream",
-            "/v1/chat/completions",
-            self.keys.normal.secret,
-            {**body, "stream": True},
-            stream=True,
-        )
+        body = _streamed(_body("chat", self.rng, 32))
+        return Call("chat", "stream", CHAT, self.keys.normal.secret, body, stream=True)
 
     def _autocomplete(self, k: int) -> Call:
-        body = WORKLOADS["autocomplete"](self.rng, MODEL, 16).body
-        return Call("autocomplete", "completion", "/v1/completions", self.keys.normal.secret, body)
+        body = _body("autocomplete", self.rng, 16)
+        return Call("autocomplete", "completion", LEGACY, self.keys.normal.secret, body)
 
     def _structured(self, k: int) -> Call:
-        body = _json_body(self.rng, 64)
-        key = self.keys.normal.secret
-        if k % 2 == 0:  # OpenAI's form, answered whole
+        body, key = _body("guided-json", self.rng, 64), self.keys.normal.secret
+        if k % 2 == 0:  # OpenAI's form of the same schema, answered whole
             schema = body.pop("guided_json")
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "person", "schema": schema, "strict": True},
             }
-            return Call("structured", "response_format", "/v1/chat/completions", key, body)
-        body.update(stream=True, stream_options={"include_usage": True})
-        return Call("structured", "guided_json", "/v1/chat/completions", key, body, stream=True)
+            return Call("structured", "response_format", CHAT, key, body)
+        return Call("structured", "guided_json", CHAT, key, _streamed(body), stream=True)
 
     def _cancel(self, k: int) -> Call:
-        body = WORKLOADS["chat"](self.rng, MODEL, 64).body
-        return Call(
-            "cancel",
-            "stream",
-            "/v1/chat/completions",
-            self.keys.normal.secret,
-            {**body, "stream": True},
-            stream=True,
-            cancel_after=CANCEL_AFTER,
-        )
+        body = {**_body("chat", self.rng, 64), "stream": True}
+        return Call("cancel", "stream", CHAT, self.keys.normal.secret, body, stream=True,
+                    cancel_after=CANCEL_AFTER)  # fmt: skip
 
     def _limited(self, k: int) -> Call:
-        body = WORKLOADS["chat"](self.rng, MODEL, 16).body
-        return Call(
-            "limited",
-            "chat",
-            "/v1/chat/completions",
-            self.keys.limited.secret,
-            body,
-            expect=(200, 429),
-        )
+        body = _body("chat", self.rng, 16)
+        return Call("limited", "chat", CHAT, self.keys.limited.secret, body, expect=(200, 429))
 
     def _bad(self, k: int) -> Call:
         variant, status, change = _BAD[k % len(_BAD)]
-        body: dict[str, Any] | bytes = {**WORKLOADS["chat"](self.rng, MODEL, 16).body, **change}
+        body: dict[str, Any] | bytes = {**_body("chat", self.rng, 16), **change}
         key = self.keys.normal.secret
         if variant == "missing-field":
             body = {"model": MODEL}
         elif variant == "bad-key":
             key = "tm-not-a-key-of-this-server"
         elif variant == "malformed-json":
-            body = b'{"model": "bench-model", "messages": [{"role": "user", "content": '
-        return Call("bad", variant, "/v1/chat/completions", key, body, expect=(status,))
+            body = _MALFORMED
+        return Call("bad", variant, CHAT, key, body, expect=(status,))
 
 
 async def send(client: httpx.AsyncClient, base: str, call: Call) -> Outcome:

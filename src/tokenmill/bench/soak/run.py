@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import csv
 import random
 import shlex
 import sys
@@ -22,7 +21,7 @@ from tokenmill.bench.servers import ServerSettings, new_port, tokenmill_cmd
 from tokenmill.bench.soak import report
 from tokenmill.bench.soak.mix import TIMEOUT, Mix, Outcome, send
 from tokenmill.bench.soak.probe import Sample, sample, watch
-from tokenmill.bench.soak.server import Served, create_keys, ledger_rows, serving
+from tokenmill.bench.soak.server import Served, create_keys, ledger_csv, parse_csv, serving
 
 DEFAULT_CONCURRENCY = 6  # the server decodes 8 at a time; bad requests take no slot
 IDLE_SETTLE = 2.0  # seconds after the last request before the idle sample
@@ -40,12 +39,8 @@ class SoakRun:
 
 
 def run_soak(args: argparse.Namespace, settings: ServerSettings) -> int:
-    if args.duration <= 0:
-        raise SystemExit("tokenmill bench --soak needs --duration SECONDS")
-    try:
-        concurrency = int(args.concurrency or DEFAULT_CONCURRENCY)
-    except ValueError:
-        raise SystemExit("--soak takes one --concurrency level") from None
+    """The whole soak; 0 if every check passed, 1 if not."""
+    concurrency = _concurrency(args)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -56,33 +51,34 @@ def run_soak(args: argparse.Namespace, settings: ServerSettings) -> int:
         cmd = tokenmill_cmd(settings, new_port(), extra)
         with serving(cmd, out_dir / "server.log") as served:
             start_s = time.monotonic() - t0
-            soak = asyncio.run(
-                drive(served, Mix(keys, random.Random(args.seed)), args.duration, concurrency)
-            )
+            mix = Mix(keys, random.Random(args.seed))
+            soak = asyncio.run(drive(served, mix, args.duration, concurrency))
             served.stop()  # the drain finalizes the ledger: read it only after the exit
-        rows = ledger_rows(db)
-    _write_rows(out_dir / "ledger.csv", rows)
-    data = report.build(
-        soak,
-        rows,
-        served,
-        keys,
-        args.duration,
-        concurrency,
-        out_dir / "server.log",
-        {
-            "command": _command(),
-            "server": shlex.join(cmd[1:]),
-            "time": time.strftime("%F %T"),
-            "start_s": round(start_s, 1),
-        },
-    )
+        ledger = ledger_csv(db)
+    (out_dir / "ledger.csv").write_text(ledger)
+    meta = {
+        "command": "tokenmill " + shlex.join(sys.argv[1:]),
+        "server": shlex.join(cmd[1:]),
+        "time": time.strftime("%F %T"),
+        "start_s": round(start_s, 1),
+    }
+    data = report.build(soak, parse_csv(ledger), served, keys, args.duration, concurrency,
+                        out_dir / "server.log", meta)  # fmt: skip
     text = report.markdown(data)
     print(text)
     (out_dir / "soak.md").write_text(text)
     report.write_json(out_dir / "soak.json", data)
     print(f"wrote {out_dir}/soak.md, soak.json, ledger.csv and server.log", file=sys.stderr)
     return 0 if data["verdict"] == "PASS" else 1
+
+
+def _concurrency(args: argparse.Namespace) -> int:
+    if args.duration <= 0:
+        raise SystemExit("tokenmill bench --soak needs --duration SECONDS")
+    try:
+        return int(args.concurrency or DEFAULT_CONCURRENCY)
+    except ValueError:
+        raise SystemExit("tokenmill bench --soak takes one --concurrency level") from None
 
 
 def sample_interval(duration: float) -> float:
@@ -121,15 +117,3 @@ async def drive(served: Served, mix: Mix, duration: float, concurrency: int) -> 
     async with httpx.AsyncClient(timeout=5.0) as probe_client:
         idle = await sample(probe_client, served, time.monotonic() - t0)
     return SoakRun(outcomes, samples, idle, elapsed, interval)
-
-
-def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
-    with path.open("w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-
-def _command() -> str:
-    return "tokenmill " + shlex.join(sys.argv[1:])

@@ -70,10 +70,13 @@ def _new_key(db: str, *flags: str) -> Key:
     return Key(r.stdout.strip(), m.group(1))
 
 
-def ledger_rows(db: str) -> list[dict[str, str]]:
-    """Every row of the usage ledger (``tokenmill usage --requests --format csv``)."""
-    out = cli(db, "usage", "--requests", "--format", "csv").stdout
-    return list(csv.DictReader(io.StringIO(out)))
+def ledger_csv(db: str) -> str:
+    """Every row of the usage ledger, as ``tokenmill usage --requests --format csv`` prints it."""
+    return cli(db, "usage", "--requests", "--format", "csv").stdout
+
+
+def parse_csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
 
 
 class Served:
