@@ -19,33 +19,25 @@ from tokenmill.bench.soak.server import Keys, Served
 ROW_STATUS = {COMPLETED: {"finished"}, CANCELLED: {"cancelled", "finished"}}
 _LOG_PROBLEM = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback")
 EXAMPLES = 5  # of each kind of problem, in the report
+KINDS = tuple(dict.fromkeys(CYCLE))
 
 
 def requests(outcomes: list[Outcome]) -> dict[str, Any]:
-    """Counts by kind, result and status; the bad requests by variant; the first failures."""
-    by_kind: dict[str, Any] = {}
-    for kind in dict.fromkeys(CYCLE):
-        mine = [o for o in outcomes if o.kind == kind]
-        lat = [o.latency for o in mine]
-        by_kind[kind] = {
-            "sent": len(mine),
-            "results": dict(Counter(o.result for o in mine)),
-            "statuses": dict(Counter(str(o.status) for o in mine)),
-            "latency_p50_ms": round(float(np.percentile(lat, 50)) * 1000) if lat else None,
-            "latency_p95_ms": round(float(np.percentile(lat, 95)) * 1000) if lat else None,
-        }
+    """Counts by kind, result and status; the bad requests by variant; the rate-limited key;
+    the slowest requests and the first failures."""
     variants: dict[str, Counter[str]] = {}
     for o in outcomes:
         if o.kind == "bad":
             variants.setdefault(o.variant, Counter())[str(o.status)] += 1
     limited = [o for o in outcomes if o.kind == "limited"]
     refused = [o for o in limited if o.status == 429]
+    slowest = sorted(outcomes, key=lambda o: -o.latency)[:EXAMPLES]
     return {
         "total": len(outcomes),
         "admitted": sum(o.status == 200 for o in outcomes),
         "server_errors": sum(o.status is not None and o.status >= 500 for o in outcomes),
         "failed": sum(o.result not in GOOD for o in outcomes),
-        "by_kind": by_kind,
+        "by_kind": {kind: _kind([o for o in outcomes if o.kind == kind]) for kind in KINDS},
         "bad_variants": {v: dict(c) for v, c in variants.items()},
         "limited": {
             "sent": len(limited),
@@ -53,18 +45,31 @@ def requests(outcomes: list[Outcome]) -> dict[str, Any]:
             "refused_429": len(refused),
             "without_retry_after": sum(not o.retry_after for o in refused),
         },
+        "slowest": [_example(o, "sent_at", "latency", "response_id") for o in slowest],
         "failures": [
-            {
-                "kind": o.kind,
-                "variant": o.variant,
-                "status": o.status,
-                "result": o.result,
-                "detail": o.detail,
-            }
-            for o in outcomes
-            if o.result not in GOOD
+            _example(o, "status", "result", "detail") for o in outcomes if o.result not in GOOD
         ][:EXAMPLES],
     }
+
+
+def _kind(mine: list[Outcome]) -> dict[str, Any]:
+    ms = [o.latency * 1000 for o in mine] or [float("nan")]
+    return {
+        "sent": len(mine),
+        "results": dict(Counter(o.result for o in mine)),
+        "statuses": dict(Counter(str(o.status) for o in mine)),
+        "latency_p50_ms": round(float(np.percentile(ms, 50))) if mine else None,
+        "latency_p95_ms": round(float(np.percentile(ms, 95))) if mine else None,
+        "latency_max_ms": round(max(ms)) if mine else None,
+    }
+
+
+def _example(o: Outcome, *fields: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": o.kind, "variant": o.variant}
+    for name in fields:
+        value = getattr(o, name)
+        out[name] = round(value, 3) if isinstance(value, float) else value
+    return out
 
 
 def process(samples: list[Sample], idle: Sample, warmup: float) -> dict[str, Any]:
@@ -97,8 +102,10 @@ def process(samples: list[Sample], idle: Sample, warmup: float) -> dict[str, Any
         },
         "samples": len(live),
         "warmup_s": round(warmup, 1),
-        # [seconds, RSS MB, open fds] for whoever wants to plot or refit them
-        "series": [[round(s.t, 1), round((s.rss_kb or 0) / 1024, 1), s.fds] for s in live],
+        # [seconds, RSS MB, open fds, engine steps] for whoever wants to plot or refit them
+        "series": [
+            [round(s.t, 1), round((s.rss_kb or 0) / 1024, 1), s.fds, s.engine_steps] for s in live
+        ],
     }
 
 

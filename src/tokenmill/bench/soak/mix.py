@@ -66,6 +66,7 @@ class Outcome:
     usage: dict[str, int] | None = None
     retry_after: str | None = None
     detail: str | None = None
+    sent_at: float = 0.0  # seconds into the run
 
 
 CHAT, LEGACY = "/v1/chat/completions", "/v1/completions"

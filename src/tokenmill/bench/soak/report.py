@@ -175,21 +175,25 @@ def _requests_table(req: dict[str, Any]) -> str:
     lines = [
         f"Requests: {req['total']} sent, {req['admitted']} admitted (200).",
         "",
-        "| kind | sent | results | statuses | p50 ms | p95 ms |",
-        "| --- | ---: | --- | --- | ---: | ---: |",
+        "| kind | sent | results | statuses | p50 ms | p95 ms | max ms |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: |",
     ]
     for kind, k in req["by_kind"].items():
         results = ", ".join(f"{r} {n}" for r, n in sorted(k["results"].items()))
         statuses = ", ".join(f"{s}: {n}" for s, n in sorted(k["statuses"].items()))
         lines.append(
             f"| {kind} | {k['sent']} | {results} | {statuses} | "
-            f"{k['latency_p50_ms']} | {k['latency_p95_ms']} |"
+            f"{k['latency_p50_ms']} | {k['latency_p95_ms']} | {k['latency_max_ms']} |"
         )
     bad = "; ".join(
         f"{v} " + ", ".join(f"{s}×{n}" for s, n in c.items())
         for v, c in req["bad_variants"].items()
     )
-    lines += ["", f"Bad requests by variant: {bad or 'none'}."]
+    slowest = ", ".join(
+        f"{o['kind']} {o['latency'] * 1000:.0f} ms (sent at {o['sent_at']:.0f} s)"
+        for o in req["slowest"]
+    )
+    lines += ["", f"Bad requests by variant: {bad or 'none'}.", f"Slowest: {slowest or 'none'}."]
     return "\n".join(lines)
 
 

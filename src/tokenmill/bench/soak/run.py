@@ -103,8 +103,10 @@ async def drive(served: Served, mix: Mix, duration: float, concurrency: int) -> 
     async with httpx.AsyncClient(limits=limits, timeout=TIMEOUT) as client:
 
         async def worker() -> None:
-            while time.monotonic() < deadline and not died.is_set():
-                outcomes.append(await send(client, served.root, mix.next()))
+            while (now := time.monotonic()) < deadline and not died.is_set():
+                outcome = await send(client, served.root, mix.next())
+                outcome.sent_at = now - t0
+                outcomes.append(outcome)
 
         watcher = asyncio.create_task(watch(served, t0, interval, samples, died, status))
         await asyncio.gather(*(worker() for _ in range(concurrency)))
