@@ -18,7 +18,7 @@ from tokenmill.bench.soak.run import SoakRun
 from tokenmill.bench.soak.server import Key, Keys, Served
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # about 30 s: the server starts, 20 s of load, the drain
 def test_short_soak_passes_every_check(tmp_path: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "tokenmill", "bench", "--soak", "--duration", "20",
