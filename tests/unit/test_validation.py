@@ -1,5 +1,6 @@
 """Validation at the edge, in-process on the fake runner: exact types, malformed Unicode,
-pathological nesting and empty prompts are 400s naming the field (or the body), never 500s."""
+pathological nesting and empty prompts are 400s naming the field (or the body), never 500s;
+the OpenAPI description is served without a key and describes the real request bodies."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
 from tokenmill.api.app import create_app
@@ -261,3 +263,36 @@ async def test_empty_prompt_streams(http_bos: httpx.AsyncClient) -> None:
     events = [json.loads(x[6:]) for x in r.text.split("\n\n") if x.startswith("data: {")]
     assert events[-1]["usage"]["prompt_tokens"] == 1
     assert not any("error" in e for e in events)
+
+
+# -- the published schema --------------------------------------------------------------------
+
+
+async def test_openapi_and_docs_need_no_key(http: httpx.AsyncClient) -> None:
+    r = await http.get("/openapi.json")
+    assert r.status_code == 200
+    assert (await http.get("/docs")).status_code == 200
+    assert (await http.get("/v1/models")).status_code == 401  # the API itself still does
+
+
+@pytest.mark.parametrize(
+    ("path", "good", "bad"),
+    [
+        (CHAT, chat(stream=False, temperature=1), chat(stream="yes")),
+        (COMPLETIONS, completion(prompt=[[1, 2]], echo=True), completion(prompt=[1.5])),
+    ],
+)
+async def test_openapi_describes_the_request_bodies(
+    http: httpx.AsyncClient, path: str, good: dict[str, Any], bad: dict[str, Any]
+) -> None:
+    spec = (await http.get("/openapi.json")).json()
+    op = spec["paths"][path]["post"]
+    assert op["security"] == [{"apiKey": []}]
+    ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema = {"$ref": ref, "components": spec["components"]}
+    jsonschema.validate(good, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    error = op["responses"]["default"]["content"]["application/json"]["schema"]["$ref"]
+    assert error == "#/components/schemas/ErrorResponse"
+    assert "422" not in json.dumps(spec["paths"])  # FastAPI's default; we answer 400

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from tokenmill import __version__
-from tokenmill.api import errors
+from tokenmill.api import errors, openapi
 from tokenmill.api.middleware import BodySizeLimit, HeaderSizeLimit
 from tokenmill.api.routes import make_router
 from tokenmill.serving.common import ServingContext
@@ -20,12 +20,18 @@ def create_app(
     max_header_bytes: int = 16 * 1024,
     cors_origins: tuple[str, ...] = (),
 ) -> FastAPI:
-    # No docs or schema routes: every route but /health needs a key.
+    # The schema and its docs page are served without a key, as vLLM does: they describe the
+    # API and hold no data (no keys, projects, models or usage).
     app = FastAPI(
-        title="tokenmill", version=__version__, docs_url=None, redoc_url=None, openapi_url=None
+        title="tokenmill",
+        version=__version__,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
     )
     errors.install(app)
     app.include_router(make_router(ctx, tenancy))
+    openapi.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     if cors_origins:  # off unless asked: browsers must not call with a user's key by default
         app.add_middleware(
