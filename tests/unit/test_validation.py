@@ -149,6 +149,13 @@ async def test_message_fields_are_named(http: httpx.AsyncClient) -> None:
     assert "a valid string or a valid list" in err["message"]  # both members of the union
     r = await http.post(CHAT, json=chat(messages=[{"role": "user", "name": 1}]), headers=KEY)
     error_of(r, "messages[0].name")
+    for bad, param in (
+        (5, "messages[0]"),
+        ({"role": "user", "content": [7]}, "messages[0].content[0]"),
+    ):
+        r = await http.post(CHAT, json=chat(messages=[bad]), headers=KEY)
+        err = error_of(r, param)
+        assert "a valid object" in err["message"] and "instance of" not in err["message"]
 
 
 @pytest.mark.parametrize(

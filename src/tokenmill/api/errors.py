@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +17,7 @@ from tokenmill.protocol.requests import UnsupportedField
 
 log = logging.getLogger(__name__)
 
+_INSTANCE_OF = re.compile(r" or instance of \w+")
 # Type tags pydantic puts in error locations for union members; not parameter names.
 _UNION_TAGS = ("str", "int", "float", "bool", "list", "dict", "function", "literal", "nullable")
 
@@ -47,15 +49,21 @@ def _union_aware(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
     loc = tuple(errors[0].get("loc", ()))
     tag = next((i for i, part in enumerate(loc) if _is_tag(part)), None)
     if tag is None:
-        return _param_path(loc), str(errors[0].get("msg", "invalid value"))
+        return _param_path(loc), _public(str(errors[0].get("msg", "invalid value")))
     members = [e for e in errors if tuple(e["loc"])[:tag] == loc[:tag] and len(e["loc"]) > tag]
     depth = max(len(_parts(tuple(e["loc"]))) for e in members)
     deepest = [e for e in members if len(_parts(tuple(e["loc"]))) == depth]
-    msgs = list(dict.fromkeys(str(e.get("msg", "invalid value")) for e in deepest))
+    msgs = list(dict.fromkeys(_public(str(e.get("msg", "invalid value"))) for e in deepest))
     lead = "Input should be "
     if len(msgs) > 1 and all(m.startswith(lead) for m in msgs):
         msgs = [lead + " or ".join(m.removeprefix(lead) for m in msgs)]
     return _param_path(tuple(deepest[0]["loc"])), "; ".join(msgs)
+
+
+def _public(msg: str) -> str:
+    """Pydantic's message without our class names ("a valid dictionary or instance of
+    TextPart" is "a valid object" to a client, who sends JSON)."""
+    return _INSTANCE_OF.sub("", msg).replace("a valid dictionary", "a valid object")
 
 
 def _is_tag(part: Any) -> bool:
