@@ -209,11 +209,25 @@ async def test_surrogate_pair_is_fine(http: httpx.AsyncClient) -> None:
         b"[" * 10_000 + b"]" * 10_000,
         b'{"model": "fake", "prompt": "x", "guided_json": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
         b'{"a": ' * 10_000 + b"1" + b"}" * 10_000,
-        b'{"model": "fake", "prompt": "x", "tools": ' + b"[" * 150 + b"]" * 150 + b"}",
     ],
 )
 async def test_deep_nesting_is_400_for_the_body(http: httpx.AsyncClient, raw: bytes) -> None:
+    """Too deep for json.loads: only the body can be named."""
     err = error_of(await post_raw(http, COMPLETIONS, raw), None)
+    assert f"nested more than {MAX_DEPTH} levels" in err["message"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b'{"model": "fake", "prompt": "x", "tools": ' + b"[" * 150 + b"]" * 150 + b"}", "tools"),
+        (b'{"model": "fake", "prompt": "x", "extra_body": {"guided_json": '
+         + b'{"a": ' * 120 + b"1" + b"}" * 120 + b"}}", "extra_body"),
+        (b'{"a.b": ' + b"[" * 101 + b"]" * 101 + b', "model": "fake", "prompt": "x"}', "a.b"),
+    ],
+)  # fmt: skip
+async def test_deep_field_is_400_naming_it(http: httpx.AsyncClient, raw: bytes, param: str) -> None:
+    err = error_of(await post_raw(http, COMPLETIONS, raw), param)
     assert f"nested more than {MAX_DEPTH} levels" in err["message"]
 
 

@@ -49,30 +49,37 @@ def _unparsable(why: str) -> BadRequest:
     )
 
 
-def _too_deep() -> BadRequest:
-    return BadRequest(
-        f"The JSON body of your request is nested more than {MAX_DEPTH} levels deep",
-        None,
-        code="invalid_json",
-    )
+def _too_deep(field: str | None = None) -> BadRequest:
+    """Named by the top-level field holding the deep value when the body could be parsed;
+    past Python's recursion limit it could not, and only the body can be named."""
+    if field is None:
+        return BadRequest(
+            f"The JSON body of your request is nested more than {MAX_DEPTH} levels deep",
+            None,
+            code="invalid_json",
+        )
+    return BadRequest(f"Invalid value for '{field}': nested more than {MAX_DEPTH} levels", field)
 
 
 def check_values(data: Any) -> None:
-    """Depth and strings of a parsed body, walked without recursion (the body may be deep)."""
-    stack: list[tuple[Any, str | None, int]] = [(data, None, 0)]
+    """Depth and strings of a parsed body, walked without recursion (the body may be deep).
+
+    Each entry is (value, its path for messages, the top-level field it is in, its depth)."""
+    stack: list[tuple[Any, str | None, str | None, int]] = [(data, None, None, 0)]
     while stack:
-        node, path, depth = stack.pop()
+        node, path, field, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise _too_deep()
+            raise _too_deep(field)
         if isinstance(node, str):
             _check_string(node, path)
         elif isinstance(node, dict):
             for key, value in node.items():
                 _check_string(key, path, key=True)
-                stack.append((value, key if path is None else f"{path}.{key}", depth + 1))
+                sub = key if path is None else f"{path}.{key}"
+                stack.append((value, sub, key if field is None else field, depth + 1))
         elif isinstance(node, list):
             for i, value in enumerate(node):
-                stack.append((value, f"{path or ''}[{i}]", depth + 1))
+                stack.append((value, f"{path or ''}[{i}]", field, depth + 1))
 
 
 def _check_string(s: str, path: str | None, key: bool = False) -> None:
