@@ -55,16 +55,15 @@ def _capped(body: dict[str, Any], context: Any) -> dict[str, Any]:
         value = body.get(field)
         if isinstance(value, int) and not isinstance(value, bool) and value > cap:
             body[field] = cap
-    path = context.operation.path if context.operation is not None else ""
-    unbounded = body.get("max_tokens") is None and body.get("max_completion_tokens") is None
-    if path.endswith("chat/completions") and unbounded:  # null is no limit too
-        body["max_completion_tokens"] = MAX_TOKENS
     if isinstance(body.get("model"), str):
         body["model"] = MODEL
-    if isinstance(body.get("top_logprobs"), int) and body.get("logprobs") is None:
-        # OpenAI's spec pairs top_logprobs with logprobs only in prose: a third of its chat
-        # cases would stop at that 400 and never reach the engine.
-        body["logprobs"] = True
+    if context.operation is not None and context.operation.path.endswith("chat/completions"):
+        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            body["max_completion_tokens"] = MAX_TOKENS  # null is no limit too
+        if isinstance(body.get("top_logprobs"), int) and body.get("logprobs") is None:
+            # OpenAI's spec pairs top_logprobs with logprobs only in prose: a third of its
+            # chat cases would stop at that 400 and never reach the engine.
+            body["logprobs"] = True
     for steer in KNOWN_BUGS.values():
         steer(body)
     return body
