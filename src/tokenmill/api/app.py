@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from tokenmill import __version__
-from tokenmill.api import errors
+from tokenmill.api import errors, openapi
 from tokenmill.api.lifecycle import AdmissionGate, Lifecycle
 from tokenmill.api.middleware import BodySizeLimit, HeaderSizeLimit
 from tokenmill.api.routes import make_router
@@ -23,12 +23,18 @@ def create_app(
     lifecycle: Lifecycle | None = None,
 ) -> FastAPI:
     """The app, with its middleware (which cannot be added once it serves). Without ``ctx``
-    it starts out loading: only the probes answer until ``attach``."""
-    # No docs or schema routes: every route but the probes needs a key.
+    it starts out loading: only the probes and the schema answer until ``attach``."""
+    # The schema and its docs page are served without a key, as vLLM does: they describe the
+    # API and hold no data (no keys, projects, models or usage).
     app = FastAPI(
-        title="tokenmill", version=__version__, docs_url=None, redoc_url=None, openapi_url=None
+        title="tokenmill",
+        version=__version__,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
     )
     errors.install(app)
+    openapi.install(app)
     life = lifecycle or Lifecycle()
     app.state.lifecycle = life
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
@@ -50,4 +56,5 @@ def create_app(
 def attach(app: FastAPI, ctx: ServingContext, tenancy: Tenancy) -> None:
     """Add the API routes (the model is loaded) and mark the server ready."""
     app.include_router(make_router(ctx, tenancy))
+    app.openapi_schema = None  # a schema built while loading lacks these routes
     app.state.lifecycle.ready(ctx.engine)

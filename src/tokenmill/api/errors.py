@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,6 +24,7 @@ from tokenmill.structured.errors import CompilerBusy, StructuredError
 
 log = logging.getLogger(__name__)
 
+_INSTANCE_OF = re.compile(r" or instance of \w+")
 # Type tags pydantic puts in error locations for union members; not parameter names.
 _UNION_TAGS = ("str", "int", "float", "bool", "list", "dict", "function", "literal", "nullable")
 
@@ -41,32 +43,62 @@ def error_response(err: APIError) -> JSONResponse:
 
 def from_validation_error(exc: ValidationError) -> BadRequest:
     """The first problem, as a 400 whose ``param`` names the offending field."""
-    first: dict[str, Any] = dict(exc.errors()[0])
+    errors: list[dict[str, Any]] = [dict(e) for e in exc.errors()]
+    first = errors[0]
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, UnsupportedField):
         return BadRequest(cause.message, cause.param, code="unsupported_parameter")
-    param = _param_path(first.get("loc", ()))
-    msg = first.get("msg", "invalid value")
     if first.get("type") == "missing":
+        param = _param_path(first.get("loc", ()))
         return BadRequest(
             f"Missing required parameter: '{param}'.", param, code="missing_required_parameter"
         )
+    param, msg = _union_aware(errors)
     return BadRequest(f"Invalid value for '{param}': {msg}", param)
 
 
-def _param_path(loc: tuple[Any, ...]) -> str | None:
+def _union_aware(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
+    """Path and message of the first error. For a union field (``stop``: a string or a list
+    of strings) pydantic reports one error per member: name the member that got furthest
+    into the value (``content[0].text``), and when several tie, say what each one wanted."""
+    loc = tuple(errors[0].get("loc", ()))
+    tag = next((i for i, part in enumerate(loc) if _is_tag(part)), None)
+    if tag is None:
+        return _param_path(loc), _public(str(errors[0].get("msg", "invalid value")))
+    members = [e for e in errors if tuple(e["loc"])[:tag] == loc[:tag] and len(e["loc"]) > tag]
+    depth = max(len(_parts(tuple(e["loc"]))) for e in members)
+    deepest = [e for e in members if len(_parts(tuple(e["loc"]))) == depth]
+    msgs = list(dict.fromkeys(_public(str(e.get("msg", "invalid value"))) for e in deepest))
+    lead = "Input should be "
+    if len(msgs) > 1 and all(m.startswith(lead) for m in msgs):
+        msgs = [lead + " or ".join(m.removeprefix(lead) for m in msgs)]
+    return _param_path(tuple(deepest[0]["loc"])), "; ".join(msgs)
+
+
+def _public(msg: str) -> str:
+    """Pydantic's message without our class names ("a valid dictionary or instance of
+    TextPart" is "a valid object" to a client, who sends JSON)."""
+    return _INSTANCE_OF.sub("", msg).replace("a valid dictionary", "a valid object")
+
+
+def _is_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part.startswith(_UNION_TAGS) or "[" in part)
+
+
+def _parts(loc: tuple[Any, ...]) -> list[Any]:
+    """The location without ``body`` in front and without union member tags."""
     if loc and loc[0] == "body":
         loc = loc[1:]
-    if not loc:
+    return [loc[0], *(p for p in loc[1:] if not _is_tag(p))] if loc else []
+
+
+def _param_path(loc: tuple[Any, ...]) -> str | None:
+    parts = _parts(loc)
+    if not parts:
         return None
-    path = str(loc[0])
-    for part in loc[1:]:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part.startswith(_UNION_TAGS) or "[" in part:
-            continue
-        else:
-            path += f".{part}"
+    path = str(parts[0])
+    for part in parts[1:]:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
     return path
 
 

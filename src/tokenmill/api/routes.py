@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -12,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from tokenmill.api import jsonbody
 from tokenmill.api.errors import from_structured, from_validation_error
 from tokenmill.api.metered import MeteredStream
 from tokenmill.protocol.errors import APIError, BadRequest, Forbidden
@@ -37,15 +37,7 @@ USAGE_GROUPS = ("model", "day", "key", "tier", "user", "status")
 
 async def parse_body(request: Request, model: type[M]) -> M:
     """JSON body -> validated request; ``extra_body`` sent literally is merged in."""
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(
-            f"We could not parse the JSON body of your request: {e}", None, code="invalid_json"
-        ) from e
-    if not isinstance(data, dict):
-        raise BadRequest("The request body must be a JSON object", None, code="invalid_json")
+    data = jsonbody.load_object(await request.body())
     extra = data.pop("extra_body", None)
     if isinstance(extra, dict):
         data.update(extra)

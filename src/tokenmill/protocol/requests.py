@@ -2,6 +2,10 @@
 
 Unknown fields are ignored (clients of other providers send vendor extras); known fields
 that tokenmill cannot honour yet are rejected with a 400 naming them, never silently dropped.
+
+Types are strict, as OpenAI's are: ``"stream": "yes"``, ``"n": 1.5``, ``"n": true`` or
+``"max_tokens": "16"`` are 400s, not coerced. The one widening kept is a JSON integer for a
+number field (``"temperature": 1``), which JSON cannot tell apart from ``1.0`` anyway.
 """
 
 from __future__ import annotations
@@ -15,15 +19,19 @@ MAX_STOP = 4
 MAX_LOGPROBS = 20
 
 
+# Strict: no str -> bool/number, float -> int or bool -> int coercion (int -> float stays).
+STRICT = ConfigDict(extra="ignore", strict=True)
+
+
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     include_usage: bool | None = False
 
 
 class GenerationFields(BaseModel):
     """Fields shared by chat and legacy completions."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -88,13 +96,13 @@ class UnsupportedField(ValueError):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None

@@ -204,13 +204,13 @@ def sampling_params(
         )
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=1.0 if req.temperature is None else req.temperature,
+        temperature=_temperature(req.temperature),
         top_p=1.0 if req.top_p is None else req.top_p,
         top_k=max(req.top_k or 0, 0),
         min_p=req.min_p or 0.0,
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
-        repetition_penalty=req.repetition_penalty or 1.0,
+        repetition_penalty=max(req.repetition_penalty or 1.0, MIN_REPETITION_PENALTY),
         logit_bias=_logit_bias(req.logit_bias, info.vocab_size),
         seed=req.seed,
         n=n,
@@ -218,6 +218,20 @@ def sampling_params(
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
     )
+
+
+# The sampler divides logits by the temperature and by the repetition penalty: below these,
+# float32 overflows to inf (then nan), and the outcome is the same as at these values anyway:
+# a temperature this small is greedy (vLLM treats it so too), a penalty this small makes the
+# seen tokens win outright.
+MIN_TEMPERATURE = 1e-5
+MIN_REPETITION_PENALTY = 1e-6
+
+
+def _temperature(value: float | None) -> float:
+    if value is None:
+        return 1.0
+    return 0.0 if value < MIN_TEMPERATURE else value
 
 
 def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float]:

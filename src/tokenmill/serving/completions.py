@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokenmill.engine.messages import EngineRequest, PromptLogprob
-from tokenmill.protocol.errors import APIError
+from tokenmill.protocol.errors import APIError, BadRequest
 from tokenmill.protocol.requests import CompletionRequest
 from tokenmill.serving.common import (
     ChoiceState,
@@ -50,14 +50,31 @@ def normalize_prompts(req: CompletionRequest, ctx: ServingContext) -> list[Promp
     else:
         items = list(raw)  # type: ignore[arg-type]
     prompts = []
-    for item in items:
+    for i, item in enumerate(items):
         if isinstance(item, str):
-            ids = ctx.tokenizer.tokenize(item, add_special=info.add_bos, parse_special=True)
-            prompts.append(Prompt(ids, item))
+            param = "prompt" if isinstance(raw, str) else f"prompt[{i}]"
+            prompts.append(_text_prompt(item, ctx, param))
         else:
             check_token_ids(item, info.vocab_size, "prompt")
             prompts.append(Prompt(item, info.detokenize(item)))
     return prompts
+
+
+def _text_prompt(text: str, ctx: ServingContext, param: str) -> Prompt:
+    info = ctx.info
+    ids = ctx.tokenizer.tokenize(text, add_special=info.add_bos, parse_special=True)
+    if ids:
+        return Prompt(ids, text)
+    # An empty prompt continues from the beginning-of-text token alone, as OpenAI's does: the
+    # model writes as if a new document started. It is exactly the token prompt [bos_id], so
+    # echo shows that token, logprobs list it, and usage counts it (the engine read it).
+    if info.bos_id is None:
+        raise BadRequest(
+            "The prompt is empty, and this model has no beginning-of-text token to start from",
+            param,
+        )
+    ids = [info.bos_id]
+    return Prompt(ids, info.detokenize(ids))
 
 
 async def create_completion(

@@ -1,0 +1,91 @@
+"""The whole HTTP stack in-process, on the fake runner: the app, serving, tenancy with its
+own SQLite ledger, and the engine (its thread started or not). Tests talk to it through
+``httpx.ASGITransport``: no socket, no model, milliseconds per request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+
+from tokenmill.api.app import create_app
+from tokenmill.config import EngineConfig
+from tokenmill.engine.front import AsyncEngine
+from tokenmill.runner.fake import FakeRunner
+from tokenmill.runner.faults import FaultInjector
+from tokenmill.serving.common import ServingContext
+from tokenmill.serving.models import ModelRegistry
+from tokenmill.serving.template import ChatTemplate
+from tokenmill.structured import GrammarCompiler, make_tokenizer
+from tokenmill.tenancy.auth import StaticKeys
+from tokenmill.tenancy.db import open_database
+from tokenmill.tenancy.keys import KeyStore
+from tokenmill.tenancy.ledger import Ledger
+from tokenmill.tenancy.schema import UsageRow
+from tokenmill.tenancy.service import Tenancy
+
+ADMIN_KEY = "admin"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+MODEL = "fake"
+
+
+class AppStack:
+    """One in-process server. ``start=False`` leaves the engine thread off, so requests wait
+    (for tests of queues and timeouts)."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        start: bool = True,
+        runner: FakeRunner | None = None,
+        max_num_seqs: int = 1,
+        max_queue: int = 0,
+        flex_timeout: float = 1.0,
+    ) -> None:
+        self.runner = runner or FakeRunner()
+        self.faults = FaultInjector(self.runner)
+        config = EngineConfig(max_num_seqs=max_num_seqs, max_batch_tokens=64, max_queue=max_queue)
+        self.engine = AsyncEngine(self.faults, config)
+        grammars = GrammarCompiler(make_tokenizer(self.runner.info))
+        template = ChatTemplate(None, "", "")
+        ctx = ServingContext(
+            self.engine, ModelRegistry(MODEL), template, self.runner, grammars, self.faults
+        )
+        self.db = open_database(str(tmp / "t.db"))
+        self.ledger = Ledger(self.db)
+        tenancy = Tenancy(KeyStore(self.db), self.ledger, StaticKeys((ADMIN_KEY,)), flex_timeout)
+        self.app = create_app(ctx, tenancy, 1 << 20)
+        self.started = start
+
+    async def client(
+        self, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        """Start what should run, yield a client, and shut everything down after."""
+        self.ledger.start()
+        if self.started:
+            self.engine.start()
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=self.app),
+                base_url="http://t",
+                headers=ADMIN if headers is None else headers,
+            ) as c:
+                yield c
+        finally:
+            self.close()
+
+    def start_engine(self) -> None:
+        self.engine.start()
+        self.started = True
+
+    async def rows(self) -> list[UsageRow]:
+        await self.ledger.flush()
+        return self.ledger.rows()
+
+    def close(self) -> None:
+        if self.started:
+            self.engine.stop()
+            self.started = False
+        self.ledger.stop()
+        self.db.dispose()
