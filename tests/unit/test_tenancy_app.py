@@ -203,3 +203,21 @@ async def test_requests_ended_by_shutdown_get_a_503_and_an_error_row(
         rows = await stack.rows()
     assert [r.status for r in rows] == ["error", "error"]
     assert stack.engine.admitted == 0
+
+
+async def test_health_turns_503_when_the_engine_thread_dies(
+    tmp_path: Path, stack_factory: list[AppStack]
+) -> None:
+    stack = Stack(tmp_path, start=True)
+    stack_factory.append(stack)
+    async for c in client(stack):
+        assert (await c.get("/health")).json() == {"status": "ok", "phase": "ready"}
+        stack.faults.arm("crash")  # a BaseException: past every guard, the thread dies
+        r = await c.post("/v1/completions", json=body())
+        assert r.status_code == 500 and r.json()["error"]["code"] == "engine_error"
+        health = await c.get("/health")
+        assert health.status_code == 503, health.text
+        assert "engine thread is not running" in health.json()["reason"]
+        assert (await c.get("/ready")).status_code == 503
+        rows = await stack.rows()
+    assert [r.status for r in rows] == ["error"]

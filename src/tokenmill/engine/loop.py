@@ -88,7 +88,8 @@ class EngineLoop:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        # ``death`` is set before the clients hear of it, while the thread still winds down.
+        return self.death is None and self._thread is not None and self._thread.is_alive()
 
     def stalled_for(self, now: float | None = None) -> float:
         """Seconds the current step has been running (0 between steps)."""
