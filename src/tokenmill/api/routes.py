@@ -72,53 +72,74 @@ async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
 
 
 def make_router(ctx: ServingContext, tenancy: Tenancy) -> APIRouter:
+    routes = _Routes(ctx, tenancy)
     router = APIRouter()
+    router.add_api_route("/metrics", routes.metrics, methods=["GET"])
+    if ctx.faults is not None:
+        router.add_api_route("/internal/faults", routes.arm_fault, methods=["POST"])
+    router.add_api_route("/v1/models", routes.list_models, methods=["GET"])
+    router.add_api_route("/v1/models/{model_id:path}", routes.get_model, methods=["GET"])
+    router.add_api_route("/v1/chat/completions", routes.chat, methods=["POST"])
+    router.add_api_route("/v1/completions", routes.completions, methods=["POST"])
+    router.add_api_route("/v1/usage", routes.usage, methods=["GET"])
+    return router
 
-    async def authenticate(request: Request) -> Principal:
-        return await tenancy.authenticate(
+
+class _Routes:
+    """The endpoints, over one serving context and one tenancy."""
+
+    def __init__(self, ctx: ServingContext, tenancy: Tenancy) -> None:
+        self.ctx, self.tenancy = ctx, tenancy
+
+    async def authenticate(self, request: Request) -> Principal:
+        return await self.tenancy.authenticate(
             request.headers.get("authorization"), request.query_params.get("ai_project_id")
         )
 
-    @router.get("/metrics")
-    async def metrics(request: Request) -> Response:
+    async def metrics(self, request: Request) -> Response:
         """Engine counters in Prometheus' text format."""
-        await authenticate(request)
+        await self.authenticate(request)
         lines = [
             f"# TYPE tokenmill_{name}_total counter\ntokenmill_{name}_total {value}"
-            for name, value in ctx.engine.stats().items()
+            for name, value in self.ctx.engine.stats().items()
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
-    if ctx.faults is not None:
-        faults = ctx.faults
+    async def arm_fault(self, request: Request) -> dict[str, Any]:
+        """Arm a runner fault (tests only: the route exists with --fault-injection)."""
+        principal = await self.authenticate(request)
+        if principal.caller.projects is not None:
+            raise Forbidden("Only admin keys may inject faults.")
+        req = await parse_body(request, FaultRequest)
+        faults = self.ctx.faults
+        assert faults is not None
+        faults.arm(req.kind, req.count, req.seconds, req.skip)
+        return {"armed": req.model_dump(), "fired": faults.fired}
 
-        @router.post("/internal/faults")
-        async def arm_fault(request: Request) -> dict[str, Any]:
-            """Arm a runner fault (tests only: the route exists with --fault-injection)."""
-            principal = await authenticate(request)
-            if principal.caller.projects is not None:
-                raise Forbidden("Only admin keys may inject faults.")
-            req = await parse_body(request, FaultRequest)
-            faults.arm(req.kind, req.count, req.seconds, req.skip)
-            return {"armed": req.model_dump(), "fired": faults.fired}
+    async def list_models(self, request: Request) -> dict[str, Any]:
+        await self.authenticate(request)
+        return self.ctx.models.list()
 
-    @router.get("/v1/models")
-    async def list_models(request: Request) -> dict[str, Any]:
-        await authenticate(request)
-        return ctx.models.list()
+    async def get_model(self, model_id: str, request: Request) -> dict[str, Any]:
+        await self.authenticate(request)
+        return self.ctx.models.card(self.ctx.models.resolve(model_id, param=None))
 
-    @router.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-        await authenticate(request)
-        return ctx.models.card(ctx.models.resolve(model_id, param=None))
+    async def chat(self, request: Request) -> Response:
+        return await self.generate(request, ChatCompletionRequest, "chat", create_chat_completion)
 
-    async def generate(request: Request, model: type[G], kind: str, create: Create[G]) -> Response:
+    async def completions(self, request: Request) -> Response:
+        return await self.generate(request, CompletionRequest, "completion", create_completion)
+
+    async def generate(
+        self, request: Request, model: type[G], kind: str, create: Create[G]
+    ) -> Response:
         """Authenticate, validate, admit, then stream, or answer unless the client leaves
         first; the request's meter is closed on every path."""
-        principal = await authenticate(request)
+        ctx = self.ctx
+        principal = await self.authenticate(request)
         req = await parse_body(request, model)
         ctx.models.resolve(req.model)  # 404 before anything is reserved
-        usage = tenancy.meter(
+        usage = self.tenancy.meter(
             principal, ctx.models.model_id, req.model, req.service_tier, kind, req.user
         )
         meter = RequestMeter(usage, ctx.engine)
@@ -151,18 +172,9 @@ def make_router(ctx: ServingContext, tenancy: Tenancy) -> APIRouter:
         meter.close(FINISHED)
         return JSONResponse(result, headers=meter.headers())
 
-    @router.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
-        return await generate(request, ChatCompletionRequest, "chat", create_chat_completion)
-
-    @router.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await generate(request, CompletionRequest, "completion", create_completion)
-
-    @router.get("/v1/usage")
-    async def usage(request: Request) -> dict[str, Any]:
+    async def usage(self, request: Request) -> dict[str, Any]:
         """Usage of the caller's project: totals over a time range, grouped as asked."""
-        principal = await authenticate(request)
+        principal = await self.authenticate(request)
         q = request.query_params
         start, end = (
             _time_param(q.get("start_time"), "start_time"),
@@ -175,10 +187,9 @@ def make_router(ctx: ServingContext, tenancy: Tenancy) -> APIRouter:
                 raise BadRequest(
                     f"Invalid group_by {g!r}: use any of {', '.join(USAGE_GROUPS)}", "group_by"
                 )
-        await tenancy.ledger.flush()  # see every request that has ended so far
-        data = await asyncio.to_thread(
-            tenancy.ledger.summary, principal.project, start, end, groups
-        )
+        ledger = self.tenancy.ledger
+        await ledger.flush()  # see every request that has ended so far
+        data = await asyncio.to_thread(ledger.summary, principal.project, start, end, groups)
         return {
             "object": "list",
             "project_id": principal.project,
@@ -187,8 +198,6 @@ def make_router(ctx: ServingContext, tenancy: Tenancy) -> APIRouter:
             "group_by": groups,
             "data": data,
         }
-
-    return router
 
 
 def _time_param(value: str | None, name: str) -> float | None:
