@@ -12,15 +12,12 @@ import openai
 import pytest
 
 from tests.e2e.conftest import MODEL
+from tests.e2e.helpers import user
 
 STORY = "Write a long story about a dog."
 REPEAT = "Repeat the word 'cat' 50 times."
 HOT = {"temperature": 1.5, "seed": 1}
 N_TOK = 12  # short generations keep the suite fast
-
-
-def user(content: Any) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": content}]
 
 
 def chat(client: openai.OpenAI, prompt: str = STORY, **kw: Any) -> Any:

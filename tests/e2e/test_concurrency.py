@@ -20,6 +20,7 @@ from tests.e2e.conftest import (
     start_server,
     stop_server,
 )
+from tests.e2e.helpers import NO_EOS
 
 PROMPTS = [
     "Name three fruits.",
@@ -34,7 +35,6 @@ PROMPTS = [
 MAX_TOKENS = 32
 LONG_STORY = "Tell me a very long story about a dragon who learns to fly."
 # <|endoftext|> and <|im_end|>: banned so a long generation cannot end early by itself.
-NO_EOS = {"0": -100, "2": -100}
 
 
 def messages(prompt: str) -> list[dict[str, str]]:

@@ -90,6 +90,7 @@ def assert_alive(server: Server) -> None:
     assert r.json()["usage"]["completion_tokens"] >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["openai", "ours"])
 def test_fuzz(
     fuzz_server: Server, spec: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -16,12 +16,12 @@ import openai
 import pytest
 
 from tests.e2e.conftest import Server, start_server, stop_server
+from tests.e2e.helpers import NO_EOS
 from tests.e2e.tenancy_helpers import MODEL
 from tests.e2e.test_tenancy_ledger import ledger_rows
 
 ADMIN = "tm-admin"
 HEADERS = {"Authorization": f"Bearer {ADMIN}"}
-NO_EOS = {"2": -100}  # SmolLM2's <|im_end|>: streams run to max_tokens
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a story"}]}
 
 

@@ -26,10 +26,9 @@ import pydantic
 import pytest
 
 from tests.e2e.conftest import API_KEY, MODEL, Server
+from tests.e2e.helpers import CHAT_PATH, HOT, streamed_and_not, user
 
-CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
-HOT: dict[str, Any] = {"temperature": 1.0}
 JSON_TOKENS = 250  # enough for every schema below to finish
 SHORT_TOKENS = 60
 MIN_STOP_RATIO = 0.9
@@ -38,10 +37,6 @@ MIN_STOP_RATIO = 0.9
 pytestmark = pytest.mark.timeout(900)
 # conftest's aclient: non-streamed requests wait in the queue behind others.
 CLIENT_TIMEOUT = 600
-
-
-def user(content: str) -> Any:
-    return [{"role": "user", "content": content}]
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -131,11 +126,11 @@ async def chat_samples(
 
 async def both_ways(aclient: openai.AsyncOpenAI, case: str, seed: int, **kw: Any) -> list[Sample]:
     """The same request streamed and not (different seeds: twice the variety)."""
-    a, b = await asyncio.gather(
-        chat_samples(aclient, case, False, seed=seed, **kw),
-        chat_samples(aclient, case, True, seed=seed + 1000, **kw),
-    )
-    return a + b
+
+    async def run(stream: bool, **more: Any) -> list[Sample]:
+        return await chat_samples(aclient, case, stream, **more)
+
+    return await streamed_and_not(run, seed, **kw)
 
 
 async def guided_samples(
@@ -434,6 +429,7 @@ def test_at_least_twenty_schemas() -> None:
         jsonschema.Draft202012Validator.check_schema(schema)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(SCHEMA_BY_ID))
 def test_schema_outputs_validate(schema_samples: list[Sample], case: str) -> None:
     samples = [s for s in schema_samples if s.case == case]
@@ -569,13 +565,13 @@ GUIDED: dict[str, tuple[str, Any, Any]] = {
 
 def output_text(path: str, body: dict[str, Any]) -> tuple[str, str]:
     choice = body["choices"][0]
-    text = choice["message"]["content"] if path == CHAT else choice["text"]
+    text = choice["message"]["content"] if path == CHAT_PATH else choice["text"]
     return text, choice["finish_reason"]
 
 
 def request_body(path: str, **kw: Any) -> dict[str, Any]:
     base: dict[str, Any] = {"model": MODEL, "max_tokens": SHORT_TOKENS, **HOT}
-    if path == CHAT:
+    if path == CHAT_PATH:
         base["messages"] = user("Plan a short trip.")
     else:
         base["prompt"] = "Here is a short trip plan:"
@@ -584,14 +580,14 @@ def request_body(path: str, **kw: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("placement", ["top_level", "literal_extra_body", "openai_extra_body"])
 @pytest.mark.parametrize("kind", list(GUIDED))
-@pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
+@pytest.mark.parametrize("path", [CHAT_PATH, COMPLETIONS])
 def test_guided_field_on_both_endpoints(
     http: httpx.Client, client: openai.OpenAI, path: str, kind: str, placement: str
 ) -> None:
     field, value, check = GUIDED[kind]
     seed = 7
     if placement == "openai_extra_body":
-        if path == CHAT:
+        if path == CHAT_PATH:
             r: Any = client.chat.completions.create(
                 model=MODEL,
                 messages=user("Plan a short trip."),
@@ -684,7 +680,7 @@ async def test_response_format_json_schema(aclient: openai.AsyncOpenAI) -> None:
         validate(s.text, WEATHER_SCHEMA)
 
 
-@pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
+@pytest.mark.parametrize("path", [CHAT_PATH, COMPLETIONS])
 def test_response_format_json_schema_raw(http: httpx.Client, path: str) -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "weather", "schema": WEATHER_SCHEMA}}
     body = request_body(path, n=2, seed=3, response_format=fmt, max_tokens=JSON_TOKENS)
@@ -777,25 +773,25 @@ def test_guided_json_with_json_object_schema_wins(
     # A schema without a type, in a literal extra_body: json_object makes it an object.
     untyped = {"properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"]}
     body = request_body(
-        CHAT,
+        CHAT_PATH,
         seed=6,
         response_format={"type": "json_object"},
         extra_body={"guided_json": untyped},
         max_tokens=JSON_TOKENS,
     )
-    resp = http.post(CHAT, json=body)
+    resp = http.post(CHAT_PATH, json=body)
     assert resp.status_code == 200, resp.text
-    text, finish = output_text(CHAT, resp.json())
+    text, finish = output_text(CHAT_PATH, resp.json())
     if finish == "stop":
         assert isinstance(validate(text, untyped), dict), text
 
 
 def test_same_schema_twice_is_accepted(http: httpx.Client) -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": ANSWER_SCHEMA}}
-    body = request_body(CHAT, seed=8, guided_json=ANSWER_SCHEMA, response_format=fmt)
-    r = http.post(CHAT, json=body)
+    body = request_body(CHAT_PATH, seed=8, guided_json=ANSWER_SCHEMA, response_format=fmt)
+    r = http.post(CHAT_PATH, json=body)
     assert r.status_code == 200, r.text
-    text, finish = output_text(CHAT, r.json())
+    text, finish = output_text(CHAT_PATH, r.json())
     assert finish == "stop"
     validate(text, ANSWER_SCHEMA)
 
@@ -806,23 +802,27 @@ JSON_SCHEMA_FMT = {"type": "json_schema", "json_schema": {"name": "w", "schema":
 @pytest.mark.parametrize(
     ("path", "fields", "param"),
     [
-        (CHAT, {"guided_json": ANSWER_SCHEMA, "guided_regex": "a+"}, "guided_regex"),
-        (CHAT, {"guided_regex": "a+", "guided_choice": ["a"]}, "guided_choice"),
-        (CHAT, {"guided_choice": ["a"], "guided_grammar": PAIR_GRAMMAR}, "guided_grammar"),
-        (CHAT, {"guided_json": ANSWER_SCHEMA, "guided_grammar": PAIR_GRAMMAR}, "guided_grammar"),
+        (CHAT_PATH, {"guided_json": ANSWER_SCHEMA, "guided_regex": "a+"}, "guided_regex"),
+        (CHAT_PATH, {"guided_regex": "a+", "guided_choice": ["a"]}, "guided_choice"),
+        (CHAT_PATH, {"guided_choice": ["a"], "guided_grammar": PAIR_GRAMMAR}, "guided_grammar"),
         (
-            CHAT,
+            CHAT_PATH,
+            {"guided_json": ANSWER_SCHEMA, "guided_grammar": PAIR_GRAMMAR},
+            "guided_grammar",
+        ),
+        (
+            CHAT_PATH,
             {"guided_choice": ["a"], "response_format": {"type": "json_object"}},
             "response_format",
         ),
-        (CHAT, {"guided_regex": "a+", "response_format": JSON_SCHEMA_FMT}, "response_format"),
+        (CHAT_PATH, {"guided_regex": "a+", "response_format": JSON_SCHEMA_FMT}, "response_format"),
         (
-            CHAT,
+            CHAT_PATH,
             {"guided_json": ANSWER_SCHEMA, "response_format": JSON_SCHEMA_FMT},
             "response_format",
         ),
         (
-            CHAT,
+            CHAT_PATH,
             {"guided_json": {"type": "array"}, "response_format": {"type": "json_object"}},
             "response_format",
         ),
@@ -893,7 +893,7 @@ def nested_schema(depth: int) -> dict[str, Any]:
         ),
     ],
 )
-@pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
+@pytest.mark.parametrize("path", [CHAT_PATH, COMPLETIONS])
 def test_bad_constraint_names_the_param(
     http: httpx.Client, path: str, fields: dict[str, Any], param: str
 ) -> None:
@@ -947,8 +947,8 @@ async def test_pathological_constraints_answer_quickly(
             for field, value in PATHOLOGICAL:
                 started = time.monotonic()
                 r = await http.post(
-                    CHAT,
-                    json=request_body(CHAT, max_tokens=5, temperature=0, **{field: value}),
+                    CHAT_PATH,
+                    json=request_body(CHAT_PATH, max_tokens=5, temperature=0, **{field: value}),
                 )
                 took = time.monotonic() - started
                 param = r.json()["error"]["param"] if r.status_code == 400 else None

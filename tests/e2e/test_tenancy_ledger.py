@@ -18,9 +18,9 @@ import openai
 import pytest
 
 from tests.e2e.conftest import Server, start_server, stop_server
+from tests.e2e.helpers import NO_EOS
 from tests.e2e.tenancy_helpers import MESSAGES, MODEL, aclient, cli, new_key
 
-NO_EOS = {"0": -100, "1": -100, "2": -100}
 PRICES = {"models": {MODEL: {"input": 2.0, "cached_input": 1.0, "output": 4.0}}}
 
 
@@ -211,6 +211,7 @@ async def test_ledger_equals_the_usage_clients_received(
     assert "acme" in table and "flex" in table
 
 
+@pytest.mark.slow
 async def test_nothing_is_lost_when_the_server_is_killed(db_url: str) -> None:
     cli(db_url, "projects", "create", "acme")
     key, _ = new_key(db_url, "--project", "acme")

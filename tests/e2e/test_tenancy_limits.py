@@ -12,11 +12,11 @@ import openai
 import pytest
 
 from tests.e2e.conftest import Server, start_server, stop_server
+from tests.e2e.helpers import NO_EOS
 from tests.e2e.tenancy_helpers import MODEL, aclient, client, new_db, new_key
 
 ADMIN = "tm-static-admin-key"
 PROMPT = [1000 + i for i in range(10)]  # token ids: exactly 10 prompt tokens
-NO_EOS = {"0": -100, "1": -100, "2": -100}  # every request runs to max_tokens
 RATE_HEADERS = ("limit", "remaining", "reset")
 
 

@@ -24,18 +24,13 @@ import pydantic
 import pytest
 
 from tests.e2e.conftest import MODEL
+from tests.e2e.helpers import CHAT_PATH, HOT, streamed_and_not, user
 
-CHAT = "/v1/chat/completions"
-HOT: dict[str, Any] = {"temperature": 1.0}
 CALL_TOKENS = 300
 SEEDS = range(20)
 
 pytestmark = pytest.mark.timeout(600)
 CLIENT_TIMEOUT = 600  # conftest's aclient: requests queue behind others
-
-
-def user(content: str) -> Any:
-    return [{"role": "user", "content": content}]
 
 
 def tool(name: str, description: str, properties: dict[str, Any]) -> Any:
@@ -160,10 +155,10 @@ async def run_chat(aclient: openai.AsyncOpenAI, stream: bool, **kw: Any) -> list
 
 
 async def both_ways(aclient: openai.AsyncOpenAI, seed: int, **kw: Any) -> list[Choice]:
-    a, b = await asyncio.gather(
-        run_chat(aclient, False, seed=seed, **kw), run_chat(aclient, True, seed=seed + 1000, **kw)
-    )
-    return a + b
+    async def run(stream: bool, **more: Any) -> list[Choice]:
+        return await run_chat(aclient, stream, **more)
+
+    return await streamed_and_not(run, seed, **kw)
 
 
 def check_forced(choices: list[Choice], allowed: set[str] | None = None) -> None:
@@ -203,6 +198,7 @@ PROMPTS = [
 ]
 
 
+@pytest.mark.slow
 async def test_required_calls_end_with_tool_calls(aclient: openai.AsyncOpenAI) -> None:
     """Parallel calls allowed: this model would chain call after call (often the same one)
     until max_tokens; the list ends at the first repeat instead."""
@@ -223,6 +219,7 @@ async def test_required_calls_end_with_tool_calls(aclient: openai.AsyncOpenAI) -
     report("tool_choice required", choices)
 
 
+@pytest.mark.slow
 async def test_named_function_yields_one_call_of_it(aclient: openai.AsyncOpenAI) -> None:
     choice = {"type": "function", "function": {"name": "get_time"}}
     runs = [
@@ -244,6 +241,7 @@ async def test_named_function_yields_one_call_of_it(aclient: openai.AsyncOpenAI)
         assert len(c.calls) == 1, c
 
 
+@pytest.mark.slow
 async def test_a_call_cut_by_max_tokens_is_dropped(aclient: openai.AsyncOpenAI) -> None:
     """A budget that fits one call and part of a next: the complete calls come back with
     tool_calls, the cut one is gone (and was never streamed). A first call cut short is
@@ -395,7 +393,7 @@ def test_legacy_function_call(http: httpx.Client) -> None:
         "seed": 4,
         **HOT,
     }
-    r = http.post(CHAT, json=body)
+    r = http.post(CHAT_PATH, json=body)
     assert r.status_code == 200, r.text
     for c in r.json()["choices"]:
         assert c["finish_reason"] == "function_call", c
@@ -404,7 +402,7 @@ def test_legacy_function_call(http: httpx.Client) -> None:
         assert msg["function_call"]["name"] == "get_weather"
         check_call("get_weather", msg["function_call"]["arguments"])
     # Streamed: function_call deltas, name first, then argument fragments.
-    with http.stream("POST", CHAT, json={**body, "n": 1, "stream": True}) as resp:
+    with http.stream("POST", CHAT_PATH, json={**body, "n": 1, "stream": True}) as resp:
         assert resp.status_code == 200
         events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
@@ -418,7 +416,7 @@ def test_legacy_function_call(http: httpx.Client) -> None:
         "function_call"
     )
     # function_call "none": a plain answer.
-    r = http.post(CHAT, json={**body, "function_call": "none", "max_tokens": 16, "n": 1})
+    r = http.post(CHAT_PATH, json={**body, "function_call": "none", "max_tokens": 16, "n": 1})
     assert r.status_code == 200, r.text
     c = r.json()["choices"][0]
     assert c["finish_reason"] in ("stop", "length")
@@ -622,7 +620,7 @@ NAMELESS = {"type": "function", "function": {"parameters": {"type": "object"}}}
     ],
 )
 def test_bad_tools_name_the_param(http: httpx.Client, fields: dict[str, Any], param: str) -> None:
-    r = http.post(CHAT, json=body(**fields))
+    r = http.post(CHAT_PATH, json=body(**fields))
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == param, err

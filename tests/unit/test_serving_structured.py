@@ -10,15 +10,15 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
-from tokenmill.serving.structured import DeltaShaper, Structure, message_fields
+from tokenmill.serving.structured import DeltaShaper, ResolvedConstraint, message_fields
 from tokenmill.structured import grammar_for, parse_tool_calls
 
 TOOLS = [
     {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
     for name in ("get_weather", "get_time")
 ]
-REQUIRED = Structure(grammar_for(tools=TOOLS, tool_choice="required"))
-LEGACY = Structure(
+REQUIRED = ResolvedConstraint(grammar_for(tools=TOOLS, tool_choice="required"))
+LEGACY = ResolvedConstraint(
     grammar_for(functions=[t["function"] for t in TOOLS], function_call={"name": "get_time"}),
     legacy_functions=True,
 )
@@ -63,7 +63,7 @@ def test_abort_and_error_keep_their_reason() -> None:
         assert fields(PARIS, reason)[2] == reason
 
 
-def assemble(text: str, structure: Structure, engine_reason: str, seed: int) -> Any:
+def assemble(text: str, structure: ResolvedConstraint, engine_reason: str, seed: int) -> Any:
     """Stream ``text`` in random pieces through a ``DeltaShaper`` into the openai client's
     own accumulator; return its final message and finish reason."""
     rng = random.Random(seed)

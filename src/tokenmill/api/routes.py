@@ -31,7 +31,9 @@ from tokenmill.tenancy.service import Principal, Tenancy
 log = logging.getLogger("tokenmill.requests")
 M = TypeVar("M", bound=BaseModel)
 G = TypeVar("G", bound=GenerationFields)
-Create = Callable[[G, ServingContext, RequestMeter], Awaitable[dict[str, Any] | AsyncIterator[str]]]
+Create = Callable[
+    [G, ServingContext, RequestMeter, str], Awaitable[dict[str, Any] | AsyncIterator[str]]
+]
 USAGE_GROUPS = ("model", "day", "key", "tier", "user", "status")
 
 
@@ -138,7 +140,7 @@ class _Routes:
         ctx = self.ctx
         principal = await self.authenticate(request)
         req = await parse_body(request, model)
-        ctx.models.resolve(req.model)  # 404 before anything is reserved
+        served_as = ctx.models.resolve(req.model)  # 404 before anything is reserved
         usage = self.tenancy.meter(
             principal, ctx.models.model_id, req.model, req.service_tier, kind, req.user
         )
@@ -150,10 +152,10 @@ class _Routes:
         try:
             try:
                 if req.stream:
-                    body = await create(req, ctx, meter)
+                    body = await create(req, ctx, meter, served_as)
                     assert not isinstance(body, dict)
                     return MeteredStream(body, meter)  # closes the meter when the stream ends
-                result = await until_disconnect(request, create(req, ctx, meter))
+                result = await until_disconnect(request, create(req, ctx, meter, served_as))
             except StructuredError as e:
                 raise from_structured(e) from e
         except APIError as e:

@@ -138,7 +138,7 @@ class Scheduler:
         scheduled: set[int] = set()
         ordered = sorted(self.running, key=lambda s: s.sort_key)
         # KV that exists before this batch runs: what later admissions may copy from.
-        stable = {s.slot: s.num_computed for s in ordered if s.slot is not None}
+        kv_before = {s.slot: s.num_computed for s in ordered if s.slot is not None}
         # Decodes first: every streaming sequence advances one token per step.
         decoding = [s for s in ordered if not s.awaiting_fork and s.num_uncomputed == 1]
         # Verifying drafts makes a sequence a multi-token chunk, which llama.cpp cannot fuse
@@ -163,14 +163,14 @@ class Scheduler:
         # Then admit new work with what is left, best effective priority first.
         now = self.clock()
         self.waiting.sort(key=lambda s: self._admission_key(s, now))
-        while budget > 0 and self.waiting and self._admit(self.waiting[0], stable, out):
+        while budget > 0 and self.waiting and self._admit(self.waiting[0], kv_before, out):
             used = self._schedule_chunk(self.waiting.pop(0), budget, scheduled, out)
             if used == 0:  # it could not get KV cells after all: stop admitting this step
                 break
             budget -= used
         return out
 
-    def _admit(self, seq: Sequence, stable: dict[int, int], out: SchedulerOutput) -> bool:
+    def _admit(self, seq: Sequence, kv_before: dict[int, int], out: SchedulerOutput) -> bool:
         children = self._fork_children(seq)
         if len(self.free_slots) < 1 + len(children):
             return False
@@ -180,8 +180,8 @@ class Scheduler:
             return False
         # Prompt logprobs need logits at every prompt position, so nothing can be reused.
         if self.config.prefix_cache and not seq.want_prompt_logprobs:
-            slot, keep, src = self._place(seq, stable)
-            if self._prefix_in_progress(seq, stable, keep):
+            slot, keep, src = self._place(seq, kv_before)
+            if self._prefix_in_progress(seq, kv_before, keep):
                 return False
         else:
             slot, keep, src = min(self.free_slots), 0, None
@@ -203,7 +203,7 @@ class Scheduler:
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
 
-    def _place(self, seq: Sequence, stable: dict[int, int]) -> tuple[int, int, int | None]:
+    def _place(self, seq: Sequence, kv_before: dict[int, int]) -> tuple[int, int, int | None]:
         """Choose a slot for ``seq``: ``(slot, tokens of KV to keep, slot to copy from)``.
 
         The slot is the lowest free one; KV worth more than a copy is copied in from the free
@@ -220,7 +220,7 @@ class Scheduler:
                 if n > best_len:
                     best_src, best_len = slot, n
         for other in self.running:
-            held = stable.get(other.slot) if other.slot is not None else None
+            held = kv_before.get(other.slot) if other.slot is not None else None
             if held:
                 n = common_prefix_len(other.token_ids, tokens, min(limit, held))
                 if n > best_len:
@@ -229,7 +229,7 @@ class Scheduler:
             return dst, best_len, best_src
         return dst, own, None
 
-    def _prefix_in_progress(self, seq: Sequence, stable: dict[int, int], have: int) -> bool:
+    def _prefix_in_progress(self, seq: Sequence, kv_before: dict[int, int], have: int) -> bool:
         """Is a running sequence still computing a prefix of ``seq`` clearly longer than the
         ``have`` tokens available now? Then waiting a step or two beats computing it twice."""
         limit = len(seq.token_ids) - 1
@@ -237,7 +237,7 @@ class Scheduler:
             if other.awaiting_fork or other.slot is None:
                 continue
             shared = common_prefix_len(other.token_ids, seq.token_ids, limit)
-            if shared >= have + MIN_COPY_GAIN and stable.get(other.slot, 0) < shared:
+            if shared >= have + MIN_COPY_GAIN and kv_before.get(other.slot, 0) < shared:
                 return True
         return False
 

@@ -24,16 +24,18 @@ from tokenmill.serving.logprobs import chat_logprobs, prompt_logprobs_json
 from tokenmill.serving.sse import DONE, ResponseMeta, event
 from tokenmill.serving.structured import (
     DeltaShaper,
-    Structure,
+    ResolvedConstraint,
     message_fields,
-    resolve,
+    resolve_constraint,
     template_messages,
 )
 
 
-def render_prompt(req: ChatCompletionRequest, ctx: ServingContext) -> list[int]:
+def render_prompt(
+    req: ChatCompletionRequest, resolved: ResolvedConstraint, ctx: ServingContext
+) -> list[int]:
     """Render the conversation (and any tools) with the model's chat template; tokenize."""
-    messages, extra = template_messages(req, ctx.template.knows_tools)
+    messages, extra = template_messages(req, resolved, ctx.template.knows_tools)
     text = ctx.template.render(
         messages, req.add_generation_prompt, **extra, **(req.chat_template_kwargs or {})
     )
@@ -44,11 +46,15 @@ def render_prompt(req: ChatCompletionRequest, ctx: ServingContext) -> list[int]:
 
 
 async def create_chat_completion(
-    req: ChatCompletionRequest, ctx: ServingContext, meter: RequestMeter | None = None
+    req: ChatCompletionRequest,
+    ctx: ServingContext,
+    meter: RequestMeter | None = None,
+    model: str | None = None,
 ) -> dict[str, Any] | AsyncIterator[str]:
-    model = ctx.models.resolve(req.model)
-    structure = await resolve(req, ctx)
-    prompt_ids = render_prompt(req, ctx)
+    """``model``: the id to answer with, when the caller has resolved ``req.model`` already."""
+    model = model or ctx.models.resolve(req.model)
+    resolved = await resolve_constraint(req, ctx)
+    prompt_ids = render_prompt(req, resolved, ctx)
     params = sampling_params(
         req,
         ctx,
@@ -68,18 +74,18 @@ async def create_chat_completion(
         service_tier=service_tier(req),
         include_usage=bool(req.stream and req.include_usage),
     )
-    ereq = EngineRequest(meta.id, prompt_ids, params, grammar=structure.grammar)
+    ereq = EngineRequest(meta.id, prompt_ids, params, grammar=resolved.grammar)
     meta, [ereq] = await admit(meter, meta, [ereq])
     if req.stream:
-        return _stream(ereq, meta, ctx, structure, meter)
-    return await _full(ereq, meta, ctx, structure, meter)
+        return _stream(ereq, meta, ctx, resolved, meter)
+    return await _full(ereq, meta, ctx, resolved, meter)
 
 
 async def _full(
     ereq: EngineRequest,
     meta: ResponseMeta,
     ctx: ServingContext,
-    structure: Structure,
+    resolved: ResolvedConstraint,
     meter: RequestMeter | None,
 ) -> dict[str, Any]:
     choices = [ChoiceState() for _ in range(ereq.params.n)]
@@ -93,7 +99,7 @@ async def _full(
     want_lp = ereq.params.logprobs is not None
     body_choices = []
     for i, c in enumerate(choices):
-        fields, finish_reason = message_fields("".join(c.text), structure, c.finish_reason)
+        fields, finish_reason = message_fields("".join(c.text), resolved, c.finish_reason)
         body_choices.append(
             {
                 "index": i,
@@ -116,13 +122,13 @@ async def _stream(
     ereq: EngineRequest,
     meta: ResponseMeta,
     ctx: ServingContext,
-    structure: Structure,
+    resolved: ResolvedConstraint,
     meter: RequestMeter | None,
 ) -> AsyncIterator[str]:
     want_lp = ereq.params.logprobs is not None
     completion_tokens = 0
     cached = 0
-    shapers = [DeltaShaper(structure) for _ in range(ereq.params.n)]
+    shapers = [DeltaShaper(resolved) for _ in range(ereq.params.n)]
     try:
         for i in range(ereq.params.n):
             yield event(_chunk(meta, i, {"role": "assistant", "content": ""}))

@@ -27,7 +27,7 @@ from tokenmill.serving.common import (
 )
 from tokenmill.serving.logprobs import legacy_logprobs, prompt_logprobs_json
 from tokenmill.serving.sse import DONE, ResponseMeta, event
-from tokenmill.serving.structured import resolve
+from tokenmill.serving.structured import resolve_constraint
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for legacy completions
 
@@ -78,15 +78,19 @@ def _text_prompt(text: str, ctx: ServingContext, param: str) -> Prompt:
 
 
 async def create_completion(
-    req: CompletionRequest, ctx: ServingContext, meter: RequestMeter | None = None
+    req: CompletionRequest,
+    ctx: ServingContext,
+    meter: RequestMeter | None = None,
+    model: str | None = None,
 ) -> dict[str, Any] | AsyncIterator[str]:
-    model = ctx.models.resolve(req.model)
-    structure = await resolve(req, ctx)
+    """``model``: the id to answer with, when the caller has resolved ``req.model`` already."""
+    model = model or ctx.models.resolve(req.model)
+    resolved = await resolve_constraint(req, ctx)
     prompts = normalize_prompts(req, ctx)
     # Echo with logprobs needs the prompt's own logprobs from the engine.
-    engine_plp = req.prompt_logprobs
+    engine_prompt_logprobs = req.prompt_logprobs
     if req.echo and req.logprobs is not None:
-        engine_plp = max(req.logprobs, req.prompt_logprobs or 0)
+        engine_prompt_logprobs = max(req.logprobs, req.prompt_logprobs or 0)
     meta = ResponseMeta(
         id=new_id("cmpl"),
         object="text_completion",
@@ -105,18 +109,18 @@ async def create_completion(
             max_tokens=req.max_tokens,
             default_max_tokens=DEFAULT_MAX_TOKENS,
             logprobs=req.logprobs,
-            prompt_logprobs=engine_plp,
+            prompt_logprobs=engine_prompt_logprobs,
             prompt_param="prompt",
         )
-        ereqs.append(EngineRequest(f"{meta.id}-{i}", p.ids, params, grammar=structure.grammar))
+        ereqs.append(EngineRequest(f"{meta.id}-{i}", p.ids, params, grammar=resolved.grammar))
     meta, ereqs = await admit(meter, meta, ereqs)
-    run = _Run(req, ctx, meta, prompts, ereqs, meter)
+    run = _LegacyCompletion(req, ctx, meta, prompts, ereqs, meter)
     if req.stream:
         return run.stream()
     return await run.full()
 
 
-class _Run:
+class _LegacyCompletion:
     """One completion request in flight: its prompts, engine requests and response shape."""
 
     def __init__(
@@ -137,24 +141,26 @@ class _Run:
 
     async def full(self) -> dict[str, Any]:
         choices = [ChoiceState() for _ in range(len(self.prompts) * self.n)]
-        async for pi, out in run_all(self.ctx.engine, self.ereqs, self.meter):
-            self.prompt_lp[pi] = out.prompt_logprobs or self.prompt_lp[pi]
-            self.cached[pi] = out.num_cached_tokens
+        async for prompt_index, out in run_all(self.ctx.engine, self.ereqs, self.meter):
+            self.prompt_lp[prompt_index] = out.prompt_logprobs or self.prompt_lp[prompt_index]
+            self.cached[prompt_index] = out.num_cached_tokens
             for d in out.deltas:
-                choices[pi * self.n + d.index].add(d)
+                choices[prompt_index * self.n + d.index].add(d)
         body_choices = []
         for idx, c in enumerate(choices):
-            pi = idx // self.n
-            prefix = self.prompts[pi].text if self.req.echo else ""
+            prompt_index = idx // self.n
+            prefix = self.prompts[prompt_index].text if self.req.echo else ""
             choice: dict[str, Any] = {
                 "index": idx,
                 "text": prefix + "".join(c.text),
-                "logprobs": self._logprobs(pi, c.logprobs, first=True),
+                "logprobs": self._logprobs(prompt_index, c.logprobs, first=True),
                 "finish_reason": c.finish_reason,
                 "stop_reason": c.stop_reason,
             }
             if self.req.prompt_logprobs is not None:
-                choice["prompt_logprobs"] = prompt_logprobs_json(self.prompt_lp[pi], self.ctx.info)
+                choice["prompt_logprobs"] = prompt_logprobs_json(
+                    self.prompt_lp[prompt_index], self.ctx.info
+                )
             body_choices.append(choice)
         completion_tokens = sum(c.num_tokens for c in choices)
         return self.meta.envelope(
@@ -163,7 +169,7 @@ class _Run:
         )
 
     def _logprobs(
-        self, pi: int, lps: list[Any], first: bool, offset: int | None = None
+        self, prompt_index: int, lps: list[Any], first: bool, offset: int | None = None
     ) -> dict[str, Any] | None:
         """Legacy logprobs; the echoed prompt's tokens lead the first message of a choice.
 
@@ -172,12 +178,12 @@ class _Run:
         """
         if self.req.logprobs is None:
             return None
-        prompt = self.prompts[pi]
+        prompt = self.prompts[prompt_index]
         echo = self.req.echo and first
         if offset is None:
             offset = 0 if self.req.echo else len(prompt.text)
         return legacy_logprobs(
-            self.prompt_lp[pi] if echo else None, prompt.ids, lps, self.ctx.info, offset
+            self.prompt_lp[prompt_index] if echo else None, prompt.ids, lps, self.ctx.info, offset
         )
 
     async def stream(self) -> AsyncIterator[str]:
@@ -185,30 +191,30 @@ class _Run:
         started: set[int] = set()
         sent: dict[int, int] = {}  # characters of each choice's text so far (for text_offset)
         try:
-            async for pi, out in run_all(self.ctx.engine, self.ereqs, self.meter):
-                self.prompt_lp[pi] = out.prompt_logprobs or self.prompt_lp[pi]
-                self.cached[pi] = out.num_cached_tokens
+            async for prompt_index, out in run_all(self.ctx.engine, self.ereqs, self.meter):
+                self.prompt_lp[prompt_index] = out.prompt_logprobs or self.prompt_lp[prompt_index]
+                self.cached[prompt_index] = out.num_cached_tokens
                 for d in out.deltas:
-                    idx = pi * self.n + d.index
+                    idx = prompt_index * self.n + d.index
                     completion_tokens += len(d.token_ids)
                     first = idx not in started
                     started.add(idx)
-                    echo = self.prompts[pi].text if self.req.echo and first else ""
+                    echo = self.prompts[prompt_index].text if self.req.echo and first else ""
                     if first:
-                        sent[idx] = 0 if self.req.echo else len(self.prompts[pi].text)
+                        sent[idx] = 0 if self.req.echo else len(self.prompts[prompt_index].text)
                     offset = sent[idx]
                     sent[idx] += len(echo) + len(d.text)
                     choice: dict[str, Any] = {
                         "index": idx,
                         "text": echo + d.text,
-                        "logprobs": self._logprobs(pi, d.logprobs, first, offset),
+                        "logprobs": self._logprobs(prompt_index, d.logprobs, first, offset),
                         "finish_reason": d.finish_reason,
                     }
                     if d.finish_reason:
                         choice["stop_reason"] = d.stop_reason
                     if first and self.req.prompt_logprobs is not None:
                         choice["prompt_logprobs"] = prompt_logprobs_json(
-                            self.prompt_lp[pi], self.ctx.info
+                            self.prompt_lp[prompt_index], self.ctx.info
                         )
                     yield event(self.meta.envelope(choices=[choice]))
             if self.meta.include_usage:

@@ -49,17 +49,19 @@ def legacy_logprobs(
     offsets: list[int] = []
     offset = text_offset_start
     if prompt is not None:
-        for tok, plp in zip(prompt_ids, prompt, strict=False):
+        for tok, prompt_lp in zip(prompt_ids, prompt, strict=False):
             text = info.token_text(tok)
             tokens.append(text)
             offsets.append(offset)
             offset += len(text)
-            if plp is None:
+            if prompt_lp is None:
                 token_logprobs.append(None)
                 top_logprobs.append(None)
             else:
-                token_logprobs.append(plp.logprob)
-                top_logprobs.append(_top_dict(plp.token_id, plp.logprob, plp.top, info))
+                token_logprobs.append(prompt_lp.logprob)
+                top_logprobs.append(
+                    _top_dict(prompt_lp.token_id, prompt_lp.logprob, prompt_lp.top, info)
+                )
     for lp in lps:
         # What the token added to the completion's text: generated control tokens add
         # nothing, so ``tokens`` joins to the text and ``text_offset`` stays true.

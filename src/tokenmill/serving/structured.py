@@ -30,14 +30,12 @@ from tokenmill.structured import (
     format_tool_calls,
     format_tool_result,
     grammar_for,
-    parse_tool_choice,
-    parse_tools,
     tools_system_prompt,
 )
 
 
 @dataclass(frozen=True)
-class Structure:
+class ResolvedConstraint:
     """What a request's structured-output fields resolved to."""
 
     constraint: Constraint | None = None
@@ -50,7 +48,7 @@ class Structure:
         return self.constraint is not None and self.constraint.kind == "tools"
 
 
-async def resolve(req: GenerationFields, ctx: ServingContext) -> Structure:
+async def resolve_constraint(req: GenerationFields, ctx: ServingContext) -> ResolvedConstraint:
     """Validate and compile the request's constraint (400 naming the field when invalid)."""
     tool_fields: dict[str, Any] = {}
     if isinstance(req, ChatCompletionRequest):
@@ -70,33 +68,29 @@ async def resolve(req: GenerationFields, ctx: ServingContext) -> Structure:
         **tool_fields,
     )
     if constraint is None:
-        return Structure()
+        return ResolvedConstraint()
     grammar = await asyncio.to_thread(ctx.grammars.compile, constraint)
-    return Structure(constraint, grammar, tool_fields.get("functions") is not None)
+    return ResolvedConstraint(constraint, grammar, tool_fields.get("functions") is not None)
 
 
 # -- the prompt -------------------------------------------------------------------------------
 
 
-def offered_tools(req: ChatCompletionRequest) -> tuple[tuple[ToolSpec, ...], Any]:
-    """The tools the model may call and the tool choice, or ``()`` when it may call none."""
-    if req.functions is not None:
-        specs = parse_tools(req.functions, "functions", legacy=True)
-        choice = parse_tool_choice(req.function_call, specs, "function_call")
-    else:
-        specs = parse_tools(req.tools, "tools")
-        choice = parse_tool_choice(req.tool_choice, specs, "tool_choice")
-    if not specs or choice is None or choice.mode == "none":
+def offered_tools(resolved: ResolvedConstraint) -> tuple[tuple[ToolSpec, ...], Any]:
+    """The tools the model may call and the tool choice, or ``()`` when it may call none:
+    parsed once, with the constraint (tool_choice ``none`` makes no tools constraint)."""
+    c = resolved.constraint
+    if c is None or c.kind != "tools" or not c.tools:
         return (), None
-    return specs, choice
+    return c.tools, c.tool_choice
 
 
 def template_messages(
-    req: ChatCompletionRequest, template_knows_tools: bool
+    req: ChatCompletionRequest, resolved: ResolvedConstraint, template_knows_tools: bool
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The messages to render and extra template variables (``tools`` for templates that
     take them)."""
-    specs, choice = offered_tools(req)
+    specs, choice = offered_tools(resolved)
     native = template_knows_tools and bool(specs)
     # Calls and results are rewritten in our format only when the model was told about it.
     rewrite = bool(specs) and not native
@@ -141,7 +135,7 @@ def call_id() -> str:
 
 
 def message_fields(
-    text: str, structure: Structure, finish_reason: str | None
+    text: str, structure: ResolvedConstraint, finish_reason: str | None
 ) -> tuple[dict[str, Any], str | None]:
     """A finished choice's message fields and finish reason."""
     if not structure.tools:
@@ -164,7 +158,9 @@ def message_fields(
     return {"content": content, "tool_calls": tool_calls, "function_call": None}, reason
 
 
-def _finish_reason(structure: Structure, complete: bool, finish_reason: str | None) -> str | None:
+def _finish_reason(
+    structure: ResolvedConstraint, complete: bool, finish_reason: str | None
+) -> str | None:
     """With a complete call the choice ends with its calls, even when generation went on
     (the calls after it were dropped, see ``calllist.py``); a call cut short alone keeps the
     engine's reason, ``length`` as OpenAI reports a truncated call."""
@@ -180,7 +176,7 @@ class DeltaShaper:
     later ones carry argument fragments). Calls pass through a ``CallList`` first, so the
     stream carries the calls ``message_fields`` returns."""
 
-    structure: Structure
+    structure: ResolvedConstraint
     parser: ToolCallParser = field(default_factory=ToolCallParser)
     calls: CallList = field(default_factory=CallList)
 
