@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+from starlette.testclient import TestClient
 
 from tokenmill.api.app import create_app
 from tokenmill.config import EngineConfig
@@ -28,6 +29,7 @@ from tokenmill.tenancy.service import Tenancy
 ADMIN_KEY = "admin"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 MODEL = "fake"
+BASE_URL = "http://testserver"
 
 
 class AppStack:
@@ -42,6 +44,8 @@ class AppStack:
         max_num_seqs: int = 1,
         max_queue: int = 0,
         flex_timeout: float = 1.0,
+        max_body_bytes: int = 1 << 20,
+        api_keys: tuple[str, ...] = (ADMIN_KEY,),
     ) -> None:
         self.runner = runner or FakeRunner()
         self.faults = FaultInjector(self.runner)
@@ -54,26 +58,37 @@ class AppStack:
         )
         self.db = open_database(str(tmp / "t.db"))
         self.ledger = Ledger(self.db)
-        tenancy = Tenancy(KeyStore(self.db), self.ledger, StaticKeys((ADMIN_KEY,)), flex_timeout)
-        self.app = create_app(ctx, tenancy, 1 << 20)
+        tenancy = Tenancy(KeyStore(self.db), self.ledger, StaticKeys(api_keys), flex_timeout)
+        self.app = create_app(ctx, tenancy, max_body_bytes)
         self.started = start
 
     async def client(
         self, headers: dict[str, str] | None = None
     ) -> AsyncIterator[httpx.AsyncClient]:
         """Start what should run, yield a client, and shut everything down after."""
-        self.ledger.start()
-        if self.started:
-            self.engine.start()
+        self.open()
         try:
             async with httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=self.app),
-                base_url="http://t",
+                base_url=BASE_URL,
                 headers=ADMIN if headers is None else headers,
             ) as c:
                 yield c
         finally:
             self.close()
+
+    def open(self) -> None:
+        """Start the ledger writer, and the engine thread unless ``start=False``."""
+        self.ledger.start()
+        if self.started:
+            self.engine.start()
+
+    def sync_client(self, headers: dict[str, str] | None = None) -> TestClient:
+        """A blocking client (Starlette's, an ``httpx.Client``: the official ``openai``
+        client takes it as ``http_client``); call ``open()`` first."""
+        return TestClient(
+            self.app, base_url=BASE_URL, headers=ADMIN if headers is None else headers
+        )
 
     def start_engine(self) -> None:
         self.engine.start()
