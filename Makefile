@@ -50,5 +50,10 @@ e2e: install
 fuzz: install
 	$(BIN)/pytest tests/e2e/test_fuzz.py -q -rP
 
+# The whole suite under coverage.py (subprocesses too: the servers the e2e tests start), then
+# the line coverage of src/ per module.
 test: check
-	$(BIN)/pytest -q
+	rm -rf .coverage-data
+	$(BIN)/coverage run -m pytest -q
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report
