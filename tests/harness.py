@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import openai
 from starlette.testclient import TestClient
 
 from tokenmill.api.app import create_app
@@ -46,6 +47,7 @@ class AppStack:
         flex_timeout: float = 1.0,
         max_body_bytes: int = 1 << 20,
         api_keys: tuple[str, ...] = (ADMIN_KEY,),
+        cors_origins: tuple[str, ...] = (),
     ) -> None:
         self.runner = runner or FakeRunner()
         self.faults = FaultInjector(self.runner)
@@ -58,8 +60,9 @@ class AppStack:
         )
         self.db = open_database(str(tmp / "t.db"))
         self.ledger = Ledger(self.db)
-        tenancy = Tenancy(KeyStore(self.db), self.ledger, StaticKeys(api_keys), flex_timeout)
-        self.app = create_app(ctx, tenancy, max_body_bytes)
+        self.keys = KeyStore(self.db)  # for tests that create projects and keys
+        tenancy = Tenancy(self.keys, self.ledger, StaticKeys(api_keys), flex_timeout)
+        self.app = create_app(ctx, tenancy, max_body_bytes, cors_origins=cors_origins)
         self.started = start
 
     async def client(
@@ -88,6 +91,25 @@ class AppStack:
         client takes it as ``http_client``); call ``open()`` first."""
         return TestClient(
             self.app, base_url=BASE_URL, headers=ADMIN if headers is None else headers
+        )
+
+    def official(self, key: str = ADMIN_KEY, project: str | None = None) -> openai.OpenAI:
+        """The official client, blocking, with ``key`` (and ``ai_project_id``); call ``open()``
+        first."""
+        return openai.OpenAI(
+            base_url=f"{BASE_URL}/v1",
+            api_key=key,
+            max_retries=0,
+            http_client=self.sync_client(headers={}),
+            default_query={"ai_project_id": project} if project else None,
+        )
+
+    def official_async(self, key: str = ADMIN_KEY) -> openai.AsyncOpenAI:
+        """The official async client, for concurrent requests (responses arrive whole: ASGI
+        transport does not stream)."""
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=BASE_URL)
+        return openai.AsyncOpenAI(
+            base_url=f"{BASE_URL}/v1", api_key=key, max_retries=0, http_client=http
         )
 
     def start_engine(self) -> None:

@@ -14,18 +14,6 @@ import pytest
 from tests.harness import AppStack
 
 
-def Stack(
-    tmp: Path,
-    start: bool,
-    max_queue: int = 0,
-    flex_timeout: float = 0.3,
-    max_num_seqs: int = 1,
-) -> AppStack:
-    return AppStack(
-        tmp, start=start, max_queue=max_queue, flex_timeout=flex_timeout, max_num_seqs=max_num_seqs
-    )
-
-
 @pytest.fixture
 def stack_factory(tmp_path: Path) -> Iterator[list[AppStack]]:
     made: list[AppStack] = []
@@ -47,7 +35,7 @@ def body(**kw: object) -> dict[str, object]:
 async def test_engine_failure_is_recorded_as_error(
     tmp_path: Path, stack_factory: list[AppStack]
 ) -> None:
-    stack = Stack(tmp_path, start=True)
+    stack = AppStack(tmp_path, start=True)
     stack_factory.append(stack)
 
     def broken(batch: object) -> object:
@@ -68,7 +56,7 @@ async def test_engine_failure_is_recorded_as_error(
 async def test_flex_gives_up_after_its_timeout(
     tmp_path: Path, stack_factory: list[AppStack]
 ) -> None:
-    stack = Stack(tmp_path, start=False, flex_timeout=0.3)  # nothing ever runs
+    stack = AppStack(tmp_path, start=False, flex_timeout=0.3)  # nothing ever runs
     stack_factory.append(stack)
     async for c in client(stack):
         r = await c.post("/v1/completions", json=body(service_tier="flex"))
@@ -86,7 +74,7 @@ async def test_flex_gives_up_after_its_timeout(
 async def test_full_queue_is_503_and_frees_up(
     tmp_path: Path, stack_factory: list[AppStack]
 ) -> None:
-    stack = Stack(tmp_path, start=False, max_queue=1, flex_timeout=1.0)  # room for 2 sequences
+    stack = AppStack(tmp_path, start=False, max_queue=1, flex_timeout=1.0)  # room for 2 sequences
     stack_factory.append(stack)
     async for c in client(stack):
         waiting = [
@@ -108,7 +96,7 @@ async def test_full_queue_is_503_and_frees_up(
 async def test_client_gone_before_the_answer_is_cancelled(
     tmp_path: Path, stack_factory: list[AppStack]
 ) -> None:
-    stack = Stack(tmp_path, start=False, flex_timeout=30)
+    stack = AppStack(tmp_path, start=False, flex_timeout=30)
     stack_factory.append(stack)
     async for c in client(stack):
         task = asyncio.create_task(c.post("/v1/completions", json=body(service_tier="flex")))
@@ -129,7 +117,7 @@ async def test_client_gone_before_the_answer_is_cancelled(
 async def test_only_the_failing_batch_fails_and_no_row_stays_pending(
     tmp_path: Path, stack_factory: list[AppStack]
 ) -> None:
-    stack = Stack(tmp_path, start=False, max_num_seqs=2)  # two run, two wait
+    stack = AppStack(tmp_path, start=False, max_num_seqs=2)  # two run, two wait
     stack_factory.append(stack)
     async for c in client(stack):
         # The batch after the first (both prompts) fails: both its requests, nobody else.
@@ -164,7 +152,7 @@ async def test_only_the_failing_batch_fails_and_no_row_stays_pending(
 async def test_a_negative_seed_does_not_stop_the_engine(
     tmp_path: Path, stack_factory: list[AppStack]
 ) -> None:
-    stack = Stack(tmp_path, start=True)
+    stack = AppStack(tmp_path, start=True)
     stack_factory.append(stack)
     async for c in client(stack):
         first = await c.post("/v1/completions", json=body(seed=-1, temperature=1))
@@ -179,7 +167,7 @@ async def test_a_negative_seed_does_not_stop_the_engine(
 async def test_requests_ended_by_shutdown_get_a_503_and_an_error_row(
     tmp_path: Path, stack_factory: list[AppStack]
 ) -> None:
-    stack = Stack(tmp_path, start=True, max_num_seqs=2)
+    stack = AppStack(tmp_path, start=True, max_num_seqs=2)
     stack_factory.append(stack)
     stack.faults.arm("stall", count=1000, seconds=0.01)  # slow steps: they are still running
     async for c in client(stack):
@@ -208,7 +196,7 @@ async def test_requests_ended_by_shutdown_get_a_503_and_an_error_row(
 async def test_health_turns_503_when_the_engine_thread_dies(
     tmp_path: Path, stack_factory: list[AppStack]
 ) -> None:
-    stack = Stack(tmp_path, start=True)
+    stack = AppStack(tmp_path, start=True)
     stack_factory.append(stack)
     async for c in client(stack):
         assert (await c.get("/health")).json() == {"status": "ok", "phase": "ready"}

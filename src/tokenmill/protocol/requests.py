@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tokenmill.runner.faults import FaultKind  # the runner owns which faults exist
+
 ServiceTier = Literal["auto", "default", "over-limit", "flex", "no-limit"]
 MAX_STOP = 4
 MAX_LOGPROBS = 20
@@ -172,7 +174,7 @@ class FaultRequest(BaseModel):
     """``POST /internal/faults`` (only with ``--fault-injection``): what to break, how often."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["decode_error", "stall", "kv_full", "crash"]
+    kind: FaultKind
     count: int = Field(1, ge=1, le=1000)
     seconds: float = Field(0.0, ge=0.0, le=600.0)
     skip: int = Field(0, ge=0)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 
 from tokenmill.runner.base import Batch, KVCacheFull, ModelRunner
 
-KINDS = ("decode_error", "stall", "kv_full", "crash")
+FaultKind = Literal["decode_error", "stall", "kv_full", "crash"]
+KINDS: tuple[str, ...] = get_args(FaultKind)
 
 
 class InjectedFault(RuntimeError):
