@@ -244,7 +244,7 @@ def test_a_dead_engine_thread_is_reported_and_fails_what_it_held(
     monkeypatch.setattr(engine.loop, "_drain_inbox", drain)
     engine.start()
     deadline = time.monotonic() + 5
-    while engine.loop.alive and time.monotonic() < deadline:
+    while not died and time.monotonic() < deadline:  # told last, once the clients were
         time.sleep(0.01)
     assert not engine.loop.alive
     assert died and isinstance(died[0], SystemError)
