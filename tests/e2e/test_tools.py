@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,14 +24,25 @@ import openai
 import pydantic
 import pytest
 
-from tests.e2e.conftest import MODEL
+from tests.e2e.conftest import API_KEY, MODEL, Server
 from tests.e2e.helpers import CHAT_PATH, HOT, streamed_and_not, user
 
 CALL_TOKENS = 300
 SEEDS = range(20)
 
 pytestmark = pytest.mark.timeout(600)
-CLIENT_TIMEOUT = 600  # conftest's aclient: requests queue behind others
+CLIENT_TIMEOUT = 600  # requests queue behind others
+
+
+@pytest.fixture
+async def aclient(deterministic_server: Server) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The tests below send a seed streamed and not side by side and compare the calls one for
+    one: that needs outputs independent of batching, so they run on ``--deterministic``."""
+    async with openai.AsyncOpenAI(
+        base_url=deterministic_server.base_url, api_key=API_KEY, max_retries=0,
+        timeout=CLIENT_TIMEOUT,
+    ) as c:  # fmt: skip
+        yield c
 
 
 def tool(name: str, description: str, properties: dict[str, Any]) -> Any:

@@ -23,7 +23,7 @@ from tokenmill.bench.servers import (
     running,
     tokenmill_cmd,
 )
-from tokenmill.bench.workloads import WORKLOADS, make_requests
+from tokenmill.bench.workloads import NAMES, make_requests
 
 DEFAULT_PEER = "benchmarks/.cache/llama-server"
 
@@ -33,7 +33,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     p.add_argument("--api-key", default="none")
     p.add_argument("--model", help="model name to send (default: the server's first model)")
-    p.add_argument("--workload", default="chat", help=f"comma list of {', '.join(WORKLOADS)}")
+    p.add_argument("--workload", default="chat", help=f"comma list of {', '.join(NAMES)}")
     p.add_argument(
         "--concurrency", help="comma list of levels (default 1,4,16,32; with --soak: one, 6)"
     )
@@ -71,7 +71,7 @@ def add_parser(sub: Any) -> None:
         "--tokenmill-args",
         default="",
         help="extra `tokenmill serve` flags for --compare and --soak, "
-        'e.g. --tokenmill-args="--flash-attn"',
+        'e.g. --tokenmill-args="--deterministic"',
     )
 
 
@@ -82,8 +82,8 @@ def _levels(args: argparse.Namespace) -> list[int]:
 def _workloads(args: argparse.Namespace) -> list[str]:
     names = [w.strip() for w in args.workload.split(",") if w.strip()]
     for w in names:
-        if w not in WORKLOADS:
-            raise SystemExit(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
+        if w not in NAMES:
+            raise SystemExit(f"unknown workload {w!r}; choose from {', '.join(NAMES)}")
     return names
 
 

@@ -24,6 +24,7 @@ class Sample:
     gaps: list[float] = field(default_factory=list)  # between content chunks
     output_tokens: int = 0
     error: str | None = None
+    text: str = ""  # what was generated (a conversation's next turn resends it)
 
 
 async def run_one(client: httpx.AsyncClient, base_url: str, req: BenchRequest) -> Sample:
@@ -33,6 +34,7 @@ async def run_one(client: httpx.AsyncClient, base_url: str, req: BenchRequest) -
     ttft: float | None = None
     gaps: list[float] = []
     chunks = 0
+    pieces: list[str] = []
     usage: dict[str, Any] | None = None
     try:
         async with client.stream("POST", base_url + req.path, json=body) as r:
@@ -52,6 +54,7 @@ async def run_one(client: httpx.AsyncClient, base_url: str, req: BenchRequest) -
                 for ch in obj.get("choices") or ():
                     piece = ch.get("text") or (ch.get("delta") or {}).get("content")
                     if piece:
+                        pieces.append(piece)
                         now = time.perf_counter()
                         if ttft is None:
                             ttft = now - t0
@@ -62,7 +65,26 @@ async def run_one(client: httpx.AsyncClient, base_url: str, req: BenchRequest) -
     except (httpx.HTTPError, json.JSONDecodeError) as e:
         return Sample(False, time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
     tokens = int(usage["completion_tokens"]) if usage else chunks
-    return Sample(True, time.perf_counter() - t0, ttft, gaps, tokens)
+    return Sample(True, time.perf_counter() - t0, ttft, gaps, tokens, text="".join(pieces))
+
+
+async def run_conversation(
+    client: httpx.AsyncClient, base_url: str, req: BenchRequest
+) -> list[Sample]:
+    """The first turn, then each follow-up with the whole history so far; a failed turn
+    ends the conversation (its sample says why)."""
+    samples = [await run_one(client, base_url, req)]
+    messages = list(req.body.get("messages", ()))
+    for follow_up in req.follow_ups:
+        if not samples[-1].ok:
+            break
+        messages += [
+            {"role": "assistant", "content": samples[-1].text},
+            {"role": "user", "content": follow_up},
+        ]
+        turn = BenchRequest(req.path, {**req.body, "messages": messages})
+        samples.append(await run_one(client, base_url, turn))
+    return samples
 
 
 @dataclass
@@ -95,8 +117,8 @@ async def run_level(
 
     async def worker(client: httpx.AsyncClient) -> None:
         while pending and (deadline is None or time.perf_counter() < deadline):
-            samples.append(await run_one(client, base_url, pending.pop()))
-            _progress(label, concurrency, len(samples), len(requests))
+            samples.extend(await run_conversation(client, base_url, pending.pop()))
+            _progress(label, concurrency, len(requests) - len(pending), len(requests))
 
     async with httpx.AsyncClient(limits=limits, headers=headers, timeout=timeout) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))

@@ -38,10 +38,13 @@ _CODE_OBJECTS = (
 
 @dataclass(frozen=True)
 class BenchRequest:
-    """One request: the endpoint path and its JSON body (``stream`` is forced on)."""
+    """One request: the endpoint path and its JSON body (``stream`` is forced on). A
+    conversation also carries the user's next messages: each is sent after the answer to the
+    one before, with the whole history (the load generator appends the answers it got)."""
 
     path: str
     body: dict[str, Any]
+    follow_ups: tuple[str, ...] = ()
 
 
 def _chat(rng: random.Random, model: str, max_tokens: int) -> BenchRequest:
@@ -166,20 +169,51 @@ def _guided_json(rng: random.Random, model: str, max_tokens: int) -> BenchReques
     )
 
 
+_FOLLOW_UPS = (
+    "Can you say that more simply?", "Give me an example.", "Why is that?",
+    "What is a common misconception about this?", "Summarize that in one sentence.",
+    "How does this relate to everyday life?", "What should I read next about it?",
+    "Can you go into more detail on the second point?", "What would an expert add?",
+)  # fmt: skip
+
+
+def _multi_turn(rng: random.Random, model: str, max_tokens: int) -> BenchRequest:
+    """A conversation of 4-8 turns: a chat question, then follow-ups that resend the growing
+    history (where a server's prefix cache pays or does not)."""
+    first = _chat(rng, model, max_tokens)
+    turns = rng.randint(4, 8)
+    return BenchRequest(first.path, first.body, tuple(rng.sample(_FOLLOW_UPS, turns - 1)))
+
+
+_MIX = (("chat", 5), ("autocomplete", 4), ("long-prompt", 1))  # fixed proportions, of 10
+
+
+def _mixed(rng: random.Random, n: int, model: str, max_tokens: int | None) -> list[BenchRequest]:
+    """Chat, autocomplete and long prompts at once, 5:4:1, in a seeded order; each kind with
+    its own default length."""
+    kinds = [kind for kind, share in _MIX for _ in range(share)]
+    picks = [kinds[i % len(kinds)] for i in range(n)]
+    rng.shuffle(picks)
+    return [WORKLOADS[k](rng, model, max_tokens or DEFAULT_MAX_TOKENS[k]) for k in picks]
+
+
 WORKLOADS: dict[str, Callable[[random.Random, str, int], BenchRequest]] = {
     "chat": _chat,
     "autocomplete": _autocomplete,
     "long-prompt": _long_prompt,
     "shared-prefix": _shared_prefix,
+    "multi-turn": _multi_turn,  # one "request" is a whole conversation (each turn a sample)
     # tokenmill only (the peer has no guided_json): constrained against unconstrained.
     "json": _json_free,
     "guided-json": _guided_json,
 }
+NAMES = (*WORKLOADS, "mixed")  # mixed: several of the above at once (_mixed)
 DEFAULT_MAX_TOKENS = {
     "chat": 64,
     "autocomplete": 24,
     "long-prompt": 64,
     "shared-prefix": 64,
+    "multi-turn": 64,
     "json": 96,
     "guided-json": 96,
 }
@@ -189,6 +223,8 @@ def make_requests(
     workload: str, model: str, n: int, max_tokens: int | None, seed: int
 ) -> list[BenchRequest]:
     rng = random.Random(seed)
+    if workload == "mixed":
+        return _mixed(rng, n, model, max_tokens)
     build = WORKLOADS[workload]
     mt = max_tokens or DEFAULT_MAX_TOKENS[workload]
     return [build(rng, model, mt) for _ in range(n)]

@@ -36,8 +36,9 @@ class ModelInfo:
     eos_id: int | None
     add_bos: bool
     chat_template: str | None
-    fingerprint: str  # stable per model file and tokenmill version
+    fingerprint: str  # stable per model file, tokenmill version and kernels
     special_texts: dict[int, str] = field(default_factory=dict)  # control tokens' own text
+    kernels: str = "deterministic"  # "fast" or "deterministic" (bit-exact however batched)
 
     def token_bytes(self, token_id: int) -> bytes:
         """A token's bytes; control tokens render as their own name (``<|im_end|>``)."""

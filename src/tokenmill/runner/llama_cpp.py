@@ -3,20 +3,18 @@
 It drives llama.cpp's low-level API directly: one context, one ``llama_decode`` per engine
 step, and one KV stream per slot (each running sequence is a llama.cpp sequence id). Separate
 streams, rather than one unified pool, keep every sequence's cells laid out exactly as if it
-ran alone, so its logits are bit-identical whatever else shares the batch: with a shared pool,
-the interleaved layout changes rounding in attention and Q8 activation quantization amplifies
-it into different greedy outputs. Flash attention is off for the same reason: its CPU kernel
-picks a tiled, a per-row or a split-KV path by the shape of each chunk, so a prompt computed
-in two chunks (prefix cache, chunked prefill) or a long context next to other sequences would
-round differently. Measured on the embedded model (bare decode loop, tinyBLAS off), flash
-attention is ~8% faster per decode step at 100 tokens of context, ~20% slower at 700, and
-prefills ~25-35% faster; ``--flash-attn`` turns it on for those who prefer the prefill speed to
-batch-invariant outputs. The last source of batch dependence is
-llamafile's tinyBLAS, which takes over a sequence's attention matmuls once it has two or more
-tokens in the step: one token decoded alone and the same token inside a chunk would round
-differently (0.3-1.5 on a logit). We build llama.cpp without it (see the Makefile), and then
-a sequence's logits are bit-identical whether its tokens come one per step, in prompt chunks
-of any size, or as speculative drafts, next to anything else in the batch.
+ran alone: with a shared pool, the interleaved layout changes rounding in attention.
+
+Which kernels run is chosen per process before this module is imported (runner/kernels.py).
+The default, fast ones are llama.cpp's stock build: llamafile's tinyBLAS, which takes a
+matmul once it has several rows (a sequence's attention in a prompt chunk or a draft, the
+output matrix in a busy step), and flash attention as llama.cpp's ``auto`` decides, whose CPU
+kernel picks a tiled, a per-row or a split-KV path by chunk shape. Both round differently by
+batch shape, so a sequence's logits move a little with what shares its step, as they do in
+llama-server, vLLM and SGLang by default. ``--deterministic`` loads a CPU backend built
+without tinyBLAS and turns flash attention off: then a sequence's logits are bit-identical
+whether its tokens come one per step, in prompt chunks of any size, or as speculative drafts,
+next to anything else in the batch (benchmarks/batch_invariance.py).
 
 The batch struct points at NumPy arrays we own, so filling it is a few vectorised copies
 rather than per-token ctypes calls.
@@ -36,11 +34,13 @@ import numpy as np
 import numpy.typing as npt
 
 from tokenmill import __version__
+from tokenmill.config import FlashAttn, Kernels
 from tokenmill.runner.base import Batch, KVCacheFull, ModelInfo
 
 log = logging.getLogger(__name__)
 
 _backend_ready = False
+_FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}  # enum llama_flash_attn_type
 _GGML_LOG_WARN, _GGML_LOG_ERROR = 3, 4  # ggml_log_level; 5 is "continue previous line"
 
 
@@ -76,14 +76,20 @@ class LlamaRunner:
         n_threads: int,
         n_seq_max: int,
         n_batch: int,
-        flash_attn: bool = False,
+        kernels: Kernels = "fast",
+        flash_attn: FlashAttn = "auto",
     ) -> None:
         _init_backend()
-        if llamafile_enabled():
-            log.warning(
-                "llama.cpp was built with GGML_LLAMAFILE=ON: outputs may change with batching "
-                "and speculation (rebuild with CMAKE_ARGS=-DGGML_LLAMAFILE=OFF; see Makefile)"
+        tinyblas = llamafile_enabled()
+        if kernels == "deterministic" and (tinyblas or flash_attn == "on"):
+            raise RuntimeError(
+                "deterministic kernels asked for, but llama.cpp loaded with tinyBLAS or flash "
+                "attention (select them with tokenmill.runner.kernels before importing llama_cpp)"
             )
+        if kernels == "fast" and not tinyblas:
+            log.warning("llama.cpp has no tinyBLAS here: the fast kernels run without it")
+        if kernels == "deterministic":
+            flash_attn = "off"
         mparams = L.llama_model_default_params()
         mparams.n_gpu_layers = 0
         self._model = L.llama_model_load_from_file(path.encode(), mparams)
@@ -99,24 +105,22 @@ class LlamaRunner:
         cparams.n_threads_batch = n_threads
         cparams.kv_unified = False  # one stream per slot: batch-invariant outputs (see above)
         cparams.no_perf = True
-        # LLAMA_FLASH_ATTN_TYPE_DISABLED/ENABLED. Off by default: see the module docstring.
-        cparams.flash_attn_type = 1 if flash_attn else 0
+        # LLAMA_FLASH_ATTN_TYPE_AUTO/DISABLED/ENABLED: off when deterministic (see above).
+        cparams.flash_attn_type = _FLASH_ATTN[flash_attn]
         self._ctx = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise RuntimeError("llama.cpp could not create a context")
         self._mem = L.llama_get_memory(self._ctx)
         self.n_batch = n_batch
         self._alloc_batch(n_batch)
+        self.kernels = kernels
         self.info = self._read_info(path, L.llama_n_ctx_seq(self._ctx), n_seq_max)
         log.info(
-            "loaded %s: vocab %d, context %d per sequence, %d slots, %d threads%s",
-            Path(path).name,
-            self.info.vocab_size,
-            self.info.n_ctx,
-            n_seq_max,
-            n_threads,
-            ", flash attention (outputs depend on batching)" if flash_attn else "",
-        )
+            "loaded %s: vocab %d, context %d per sequence, %d slots, %d threads, %s kernels "
+            "(tinyBLAS %s, flash attention %s)",
+            Path(path).name, self.info.vocab_size, self.info.n_ctx, n_seq_max, n_threads,
+            kernels, "on" if tinyblas else "off", flash_attn,
+        )  # fmt: skip
 
     # -- model facts ------------------------------------------------------------------------
 
@@ -143,8 +147,9 @@ class LlamaRunner:
             eos_id=eos if eos >= 0 else None,
             add_bos=bool(L.llama_vocab_get_add_bos(self._vocab)),
             chat_template=template.decode() if template else None,
-            fingerprint=_fingerprint(path),
+            fingerprint=_fingerprint(path, self.kernels),
             special_texts=special,
+            kernels=self.kernels,
         )
 
     def _piece(self, token: int) -> bytes:
@@ -244,9 +249,10 @@ class LlamaRunner:
             self._model = None
 
 
-def _fingerprint(path: str) -> str:
-    """Stable for one model file and tokenmill version, without hashing gigabytes."""
-    h = hashlib.sha256(__version__.encode())
+def _fingerprint(path: str, kernels: str) -> str:
+    """Stable for one model file, tokenmill version and set of kernels (outputs differ between
+    the two), without hashing gigabytes."""
+    h = hashlib.sha256(f"{__version__} {kernels}".encode())
     size = os.path.getsize(path)
     h.update(str(size).encode())
     with open(path, "rb") as f:

@@ -15,6 +15,7 @@ class ModelRegistry:
 
     model_id: str
     aliases: tuple[str, ...] = ()
+    kernels: str = "deterministic"  # which llama.cpp kernels serve it (runner.kernels)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -34,6 +35,7 @@ class ModelRegistry:
             "created": self.created,
             "owned_by": "tokenmill",
             "root": self.model_id,
+            "kernels": self.kernels,
         }
 
     def list(self) -> dict[str, Any]:
