@@ -66,6 +66,20 @@ def llamafile_enabled() -> bool:
     return b"LLAMAFILE = 1" in info
 
 
+def _flash_attn_for(kernels: Kernels, flash_attn: FlashAttn, tinyblas: bool) -> FlashAttn:
+    """The flash attention setting ``kernels`` allow, after checking what llama.cpp loaded."""
+    if kernels == "fast":
+        if not tinyblas:
+            log.warning("llama.cpp has no tinyBLAS here: the fast kernels run without it")
+        return flash_attn
+    if tinyblas or flash_attn == "on":
+        raise RuntimeError(
+            "deterministic kernels asked for, but llama.cpp loaded with tinyBLAS or flash "
+            "attention (select them with tokenmill.runner.kernels before importing llama_cpp)"
+        )
+    return "off"
+
+
 class LlamaRunner:
     """A GGUF model loaded in llama.cpp, decoding batches over ``n_seq_max`` KV slots."""
 
@@ -81,15 +95,7 @@ class LlamaRunner:
     ) -> None:
         _init_backend()
         tinyblas = llamafile_enabled()
-        if kernels == "deterministic" and (tinyblas or flash_attn == "on"):
-            raise RuntimeError(
-                "deterministic kernels asked for, but llama.cpp loaded with tinyBLAS or flash "
-                "attention (select them with tokenmill.runner.kernels before importing llama_cpp)"
-            )
-        if kernels == "fast" and not tinyblas:
-            log.warning("llama.cpp has no tinyBLAS here: the fast kernels run without it")
-        if kernels == "deterministic":
-            flash_attn = "off"
+        flash_attn = _flash_attn_for(kernels, flash_attn, tinyblas)
         mparams = L.llama_model_default_params()
         mparams.n_gpu_layers = 0
         self._model = L.llama_model_load_from_file(path.encode(), mparams)
