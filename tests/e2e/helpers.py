@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from tests.chat import user as user  # re-exported: the e2e modules import it from here
+
 T = TypeVar("T")
 
 CHAT_PATH = "/v1/chat/completions"
@@ -14,10 +16,6 @@ COMPLETIONS_PATH = "/v1/completions"
 # banned, a request runs to its max_tokens.
 NO_EOS = {"0": -100, "1": -100, "2": -100}
 HOT: dict[str, Any] = {"temperature": 1.0}  # sampled, for tests over many seeds
-
-
-def user(content: Any) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": content}]
 
 
 async def streamed_and_not(run: Callable[..., Awaitable[list[T]]], seed: int, **kw: Any) -> list[T]:

@@ -14,6 +14,7 @@ from typing import Any
 import openai
 import pytest
 
+from tests.chat import text
 from tests.e2e.conftest import MODEL
 from tests.e2e.helpers import user
 
@@ -26,12 +27,6 @@ N_TOK = 12  # short generations keep the suite fast
 def chat(client: openai.OpenAI, prompt: str = STORY, **kw: Any) -> Any:
     kw.setdefault("max_tokens", N_TOK)
     return client.chat.completions.create(model=MODEL, messages=user(prompt), **kw)
-
-
-def text(r: Any, i: int = 0) -> str:
-    content = r.choices[i].message.content
-    assert isinstance(content, str)
-    return content
 
 
 def extra(obj: Any, name: str) -> Any:

@@ -9,31 +9,21 @@ from typing import Any
 import openai
 import pytest
 
+from tests.chat import chat_request, choice_chunks
 from tests.e2e.conftest import MODEL
 
 STORY = "Write a long story about a dog."
 N_TOK = 12
 
 
-def req(**kw: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": STORY}],
-        "max_tokens": N_TOK,
-        "temperature": 0,
-    }
-    body.update(kw)
-    return body
+def req(max_tokens: int = N_TOK, **kw: Any) -> dict[str, Any]:
+    return chat_request(MODEL, STORY, max_tokens, **kw)
 
 
 @pytest.fixture(scope="module")
 def full(client: openai.OpenAI) -> Any:
     """The non-streamed greedy answer every greedy stream must reproduce."""
     return client.chat.completions.create(**req())
-
-
-def choice_chunks(chunks: list[Any]) -> list[Any]:
-    return [c for c in chunks if c.choices]
 
 
 def test_stream_matches_non_streamed(client: openai.OpenAI, full: Any) -> None:

@@ -13,6 +13,7 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
+from tests.chat import text, user
 from tests.harness import MODEL, AppStack
 
 STORY = "write a long story about a dog."
@@ -33,19 +34,9 @@ def client(stack: AppStack) -> openai.OpenAI:
     return stack.official()
 
 
-def user(content: Any) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": content}]
-
-
 def chat(client: openai.OpenAI, prompt: str = STORY, **kw: Any) -> Any:
     kw.setdefault("max_tokens", N_TOK)
     return client.chat.completions.create(model=MODEL, messages=user(prompt), **kw)
-
-
-def text(r: Any, i: int = 0) -> str:
-    content = r.choices[i].message.content
-    assert isinstance(content, str)
-    return content
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
+from tests.chat import chat_request, choice_chunks
 from tests.harness import MODEL, AppStack
 
 STORY = "Write a long story about a dog."
@@ -37,25 +38,14 @@ def http(stack: AppStack) -> TestClient:
     return stack.sync_client()
 
 
-def req(**kw: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": STORY}],
-        "max_tokens": N_TOK,
-        "temperature": 0,
-    }
-    body.update(kw)
-    return body
+def req(max_tokens: int = N_TOK, **kw: Any) -> dict[str, Any]:
+    return chat_request(MODEL, STORY, max_tokens, **kw)
 
 
 @pytest.fixture(scope="module")
 def full(client: openai.OpenAI) -> Any:
     """The non-streamed greedy answer every greedy stream must reproduce."""
     return client.chat.completions.create(**req())
-
-
-def choice_chunks(chunks: list[Any]) -> list[Any]:
-    return [c for c in chunks if c.choices]
 
 
 def test_a_stream_is_the_answer_in_chunks(client: openai.OpenAI, full: Any) -> None:
