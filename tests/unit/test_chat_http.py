@@ -6,7 +6,6 @@ penalties, logit_bias, seeds, stop strings) stays in tests/e2e/test_chat_params.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -19,19 +18,6 @@ from tests.harness import MODEL, AppStack
 STORY = "write a long story about a dog."
 HOT = {"temperature": 1.5, "seed": 1}
 N_TOK = 12
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppStack]:
-    s = AppStack(tmp_path_factory.mktemp("chat"), max_num_seqs=4)
-    s.open()
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def client(stack: AppStack) -> openai.OpenAI:
-    return stack.official()
 
 
 def chat(client: openai.OpenAI, prompt: str = STORY, **kw: Any) -> Any:

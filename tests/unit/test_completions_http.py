@@ -6,26 +6,17 @@ the real vocabulary decides: token-id prompts, special tokens, stop strings, see
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from itertools import pairwise
 from typing import Any
 
 import openai
 import pytest
 
-from tests.harness import MODEL, AppStack
+from tests.harness import MODEL
 
 PROMPT = "the capital of france is"
 PROMPT_B = "once upon a time, there was a little"
 LONG_FORM = "write a long essay about dogs."
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
-    s = AppStack(tmp_path_factory.mktemp("completions"), max_num_seqs=4)
-    s.open()
-    yield s.official()
-    s.close()
 
 
 def greedy(client: openai.OpenAI, prompt: Any, max_tokens: int = 8, **kw: Any) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -18,19 +17,6 @@ from tests.harness import MODEL, AppStack
 
 STORY = "Write a long story about a dog."
 N_TOK = 12
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppStack]:
-    s = AppStack(tmp_path_factory.mktemp("streaming"), max_num_seqs=4)
-    s.open()
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def client(stack: AppStack) -> openai.OpenAI:
-    return stack.official()
 
 
 @pytest.fixture(scope="module")
