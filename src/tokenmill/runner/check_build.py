@@ -18,7 +18,8 @@ EXPECTED_TINYBLAS = {"fast": "1", "deterministic": "0"}
 
 
 def tinyblas(kernels: str) -> str:
-    """ "1" or "0", as a process that selected ``kernels`` sees llama.cpp; or why it failed."""
+    """Whether a process that selected ``kernels`` sees tinyBLAS ("1" or "0"), or why the
+    probe failed."""
     r = subprocess.run(
         [sys.executable, "-c", _PROBE, kernels], capture_output=True, text=True, timeout=120
     )

@@ -4,13 +4,13 @@ The pinned llama-cpp-python wheel is llama.cpp's stock build, llamafile's tinyBL
 the fastest matmuls it has here, but a sequence's logits then depend on what shares its step
 (tinyBLAS takes a matmul once it has several rows, with another rounding than ggml's own
 dot products). ``--deterministic`` needs the other kernels, so ``make install`` also builds
-llama.cpp's CPU backend alone (``libggml-cpu``, a few minutes) from the same sources without
+llama.cpp's CPU backend alone (``libggml-cpu``, under a minute) from the same sources without
 tinyBLAS, and ``install`` below lays out a second library directory beside the wheel's: the
 wheel's own libraries with that one replaced. llama-cpp-python loads its libraries from
 ``LLAMA_CPP_LIB_PATH`` when set, and each of them finds its neighbours through
 ``RUNPATH=$ORIGIN``, so pointing that variable at the second directory before ``llama_cpp``
 is first imported switches the whole process to the invariant kernels. The choice is made
-once per process, at start-up; ``check`` says which kernels a process actually got.
+once per process, at start-up; ``runner/check_build.py`` checks what each choice loads.
 
 Usage: ``python -m tokenmill.runner.kernels install LIBGGML_CPU`` (the Makefile runs it).
 """
