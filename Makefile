@@ -15,7 +15,7 @@ install: $(STAMP)
 # 2 cores) into a wheel directory outside the checkout, so later installs take seconds. It is
 # llama.cpp's stock build, with the fastest kernels it has here (llamafile's tinyBLAS among
 # them), which `tokenmill serve` runs by default. `--deterministic` runs batch-invariant ones:
-# llama.cpp's CPU backend alone, built from the same sources without tinyBLAS (a few minutes,
+# llama.cpp's CPU backend alone, built from the same sources without tinyBLAS (under a minute,
 # cached the same way) and laid out beside the wheel's libraries (src/tokenmill/runner/kernels.py).
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_CPP := llama-cpp-python==$(LLAMA_CPP_VERSION)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import get_args
 
 import numpy as np
 
-from tokenmill.config import embedded_model_path
+from tokenmill.config import FlashAttn, Kernels, embedded_model_path
 from tokenmill.runner import kernels
 from tokenmill.runner.base import Batch
 
@@ -23,8 +24,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--context", type=int, default=100)
-    ap.add_argument("--kernels", choices=("fast", "deterministic"), default="deterministic")
-    ap.add_argument("--flash-attn", choices=("auto", "on", "off"), default="off")
+    ap.add_argument("--kernels", choices=get_args(Kernels), default="deterministic")
+    ap.add_argument("--flash-attn", choices=get_args(FlashAttn), default="off")
     args = ap.parse_args()
     kernels.select(args.kernels)  # before llama_cpp is imported
     from tokenmill.runner.llama_cpp import LlamaRunner

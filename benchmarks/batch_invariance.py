@@ -13,20 +13,20 @@ deterministic kernels (the default here: no tinyBLAS, flash attention off).
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import numpy.typing as npt
 
-from tokenmill.config import embedded_model_path
+from tokenmill.config import FlashAttn, Kernels, embedded_model_path
 from tokenmill.runner import kernels
 from tokenmill.runner.base import Batch
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kernels", choices=("fast", "deterministic"), default="deterministic")
-    ap.add_argument("--flash-attn", choices=("auto", "on", "off"), default="off")
+    ap.add_argument("--kernels", choices=get_args(Kernels), default="deterministic")
+    ap.add_argument("--flash-attn", choices=get_args(FlashAttn), default="off")
     args = ap.parse_args()
     kernels.select(args.kernels)  # before llama_cpp is imported
     from tokenmill.runner.llama_cpp import LlamaRunner, llamafile_enabled

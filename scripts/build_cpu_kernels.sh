@@ -2,7 +2,7 @@
 # Build llama.cpp's CPU backend alone (libggml-cpu) without llamafile's tinyBLAS, from the
 # sources in the pinned llama-cpp-python sdist: the batch-invariant kernels that
 # `tokenmill serve --deterministic` runs (src/tokenmill/runner/kernels.py). The rest of
-# llama.cpp comes from the wheel; this is a few minutes on 2 cores, skipped when OUT exists.
+# llama.cpp comes from the wheel; this takes under a minute on 2 cores, skipped when OUT exists.
 # Usage: scripts/build_cpu_kernels.sh VERSION OUT
 set -euo pipefail
 version=$1

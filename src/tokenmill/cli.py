@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import get_args
 
 from tokenmill.config import (
     EMBEDDED_MODEL_ID,
     EngineConfig,
+    FlashAttn,
     ServeConfig,
     embedded_model_path,
     env_api_keys,
@@ -51,7 +53,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         nargs="?",
         const="on",
         default=_SERVE.flash_attn,
-        choices=("auto", "on", "off"),
+        choices=get_args(FlashAttn),
         help="llama.cpp's flash attention (default auto: llama.cpp decides; off with "
         "--deterministic)",
     )
