@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.chat import text
+from tests.chat import assert_greedy_logprobs, text
 from tests.e2e.conftest import MODEL
 from tests.e2e.helpers import user
 
@@ -228,23 +228,7 @@ def test_stop_list_earliest_match_wins(client: openai.OpenAI, greedy_long: str) 
 def test_logprobs_and_top_logprobs(client: openai.OpenAI, greedy: str) -> None:
     assert chat(client, temperature=0).choices[0].logprobs is None
     r = chat(client, temperature=0, logprobs=True, top_logprobs=3)
-    c = r.choices[0]
-    assert c.message.content == greedy
-    assert c.logprobs is not None and c.logprobs.content is not None
-    entries = c.logprobs.content
-    assert r.usage is not None and len(entries) == r.usage.completion_tokens == N_TOK
-    assert "".join(e.token for e in entries) == greedy
-    assert b"".join(bytes(e.bytes or []) for e in entries).decode() == greedy
-    for e in entries:
-        assert e.logprob <= 0
-        assert e.bytes == list(e.token.encode())
-        assert len(e.top_logprobs) == 3
-        tops = [t.logprob for t in e.top_logprobs]
-        assert tops == sorted(tops, reverse=True)
-        assert all(t <= 0 for t in tops)
-        # Greedy: the chosen token is the most likely one.
-        assert e.top_logprobs[0].token == e.token
-        assert e.top_logprobs[0].logprob == pytest.approx(e.logprob)
+    assert_greedy_logprobs(r, greedy, N_TOK, 3)  # real tokens: several bytes, some spaces
 
 
 def test_prompt_logprobs(client: openai.OpenAI) -> None:

@@ -12,7 +12,7 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
-from tests.chat import text, user
+from tests.chat import assert_greedy_logprobs, text, user
 from tests.harness import MODEL, AppStack
 
 STORY = "write a long story about a dog."
@@ -75,20 +75,7 @@ def test_max_completion_tokens_wins_over_max_tokens(client: openai.OpenAI) -> No
 def test_logprobs_and_top_logprobs(client: openai.OpenAI, greedy: str) -> None:
     assert chat(client, temperature=0).choices[0].logprobs is None
     r = chat(client, temperature=0, logprobs=True, top_logprobs=3)
-    c = r.choices[0]
-    assert c.message.content == greedy
-    entries = c.logprobs.content
-    assert len(entries) == r.usage.completion_tokens == N_TOK
-    assert "".join(e.token for e in entries) == greedy
-    assert b"".join(bytes(e.bytes or []) for e in entries).decode() == greedy
-    for e in entries:
-        assert e.logprob <= 0
-        assert e.bytes == list(e.token.encode())
-        assert len(e.top_logprobs) == 3
-        tops = [t.logprob for t in e.top_logprobs]
-        assert tops == sorted(tops, reverse=True)
-        assert e.top_logprobs[0].token == e.token  # greedy: the most likely token
-        assert e.top_logprobs[0].logprob == pytest.approx(e.logprob)
+    assert_greedy_logprobs(r, greedy, N_TOK, 3)
 
 
 @pytest.mark.parametrize("k", [0, 1, 5, 20])
