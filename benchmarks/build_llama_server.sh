@@ -15,6 +15,11 @@ PIP=${PIP:-../.venv/bin/pip}
 $PIP download --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$CACHE"
 tar -xzf "$CACHE/llama_cpp_python-$VERSION.tar.gz" -C "$CACHE"
 SRC="$CACHE/llama_cpp_python-$VERSION/vendor/llama.cpp"
+# As tokenmill's own build (Makefile): no AMX, whose matmul segfaulted on a Xeon that has it.
+if [ "$(uname -m)" = x86_64 ]; then
+  export CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16 ${CFLAGS:-}"
+  export CXXFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16 ${CXXFLAGS:-}"
+fi
 cmake -S "$SRC" -B "$CACHE/build" -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF
 cmake --build "$CACHE/build" --target llama-server -j"$(nproc)"

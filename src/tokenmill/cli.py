@@ -72,6 +72,13 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-tokens", type=int, default=e.max_batch_tokens, help="per step")
     p.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt")
     p.add_argument(
+        "--cache-ram",
+        type=int,
+        default=e.host_cache_mib,
+        metavar="MIB",
+        help="host memory for prompt KV saved from reused slots (0: off)",
+    )
+    p.add_argument(
         "--spec-tokens",
         type=int,
         default=e.spec_tokens,
@@ -122,6 +129,7 @@ def _check_ranges(args: argparse.Namespace) -> None:
         ("--spec-max-seqs", args.spec_max_seqs, 1),
         ("--max-header-bytes", args.max_header_bytes, 1024),
         ("--max-queue", args.max_queue, 0),
+        ("--cache-ram", args.cache_ram, 0),
     ):
         if value < low:
             raise SystemExit(f"tokenmill: {name} must be at least {low}")
@@ -154,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_num_seqs=args.max_num_seqs,
         max_batch_tokens=args.max_batch_tokens,
         prefix_cache=not args.no_prefix_cache,
+        host_cache_mib=args.cache_ram,
         spec_tokens=args.spec_tokens,
         spec_max_seqs=args.spec_max_seqs,
         max_queue=args.max_queue,

@@ -24,6 +24,8 @@ class EngineConfig:
     max_num_seqs: int = 8  # sequences decoded together (also the largest n)
     max_batch_tokens: int = 512  # tokens per engine step (decodes + prompt chunks)
     prefix_cache: bool = True  # reuse KV of shared prompt prefixes
+    # Host memory for KV saved from slots about to be reused (core/hostcache.py); 0: off.
+    host_cache_mib: int = 2048
     spec_tokens: int = 0  # prompt-lookup speculative decoding: draft length (0: off)
     spec_max_seqs: int = 1  # speculate only while at most this many sequences decode
     max_queue: int = 256  # sequences waiting beyond max_num_seqs before 503s; 0: no bound

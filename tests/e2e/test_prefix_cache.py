@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 
@@ -81,3 +82,50 @@ def test_completion_prompt_reuse_and_exact_repeat(client: openai.OpenAI) -> None
     assert again.usage is not None and again.usage.prompt_tokens_details is not None
     # Everything but the last prompt token (whose logits start the completion) is reused.
     assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+
+
+@pytest.fixture(scope="module")
+def one_slot() -> Iterator[Server]:
+    """One slot: every other conversation's turn overwrites it, so a conversation's history
+    survives only in the host-memory tier."""
+    s = start_server("--max-num-seqs", "1", "--deterministic")
+    yield s
+    stop_server(s)
+
+
+def _turns(base_url: str) -> list[tuple[str, int]]:
+    """Two conversations, interleaved, two turns each; each turn resends the history."""
+    c = openai.OpenAI(base_url=base_url, api_key="tm-test-key", max_retries=0)
+    other = [
+        {"role": "system", "content": "You are a terse assistant for a bicycle repair shop. " * 4},
+        {"role": "user", "content": "How often should I oil my chain?"},
+    ]
+    histories = [ask(QUESTIONS[0]), other]  # they share only the template's first tokens
+    results = []
+    for turn in range(2):
+        for h in histories:
+            r = c.chat.completions.create(model=MODEL, messages=h, max_tokens=16, temperature=0)  # type: ignore[arg-type]
+            assert r.usage is not None and r.usage.prompt_tokens_details is not None
+            text = r.choices[0].message.content or ""
+            results.append((text, r.usage.prompt_tokens_details.cached_tokens or 0))
+            h.append({"role": "assistant", "content": text})
+            h.append({"role": "user", "content": f"And {turn}?"})
+    return results
+
+
+def test_a_conversation_evicted_from_its_slot_is_restored_from_host_memory(
+    one_slot: Server, cold: Server
+) -> None:
+    reference = _turns(cold.base_url)
+    got = _turns(one_slot.base_url)
+    assert [t for t, _ in got] == [t for t, _ in reference]  # bit-exact after a restore
+    # The second turns (indices 2, 3) reuse their whole first turn (a prompt of 60+ tokens
+    # and the answer), which the other conversation had overwritten in the only slot.
+    assert all(cached >= 60 for _, cached in got[2:])
+    metrics = httpx.get(f"{one_slot.root}/metrics", timeout=10).text
+    restores = [
+        int(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("tokenmill_host_cache_restores_total ")
+    ]
+    assert restores and restores[0] >= 2

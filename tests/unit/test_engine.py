@@ -24,6 +24,7 @@ class Harness:
         spec_tokens: int = 0,
         spec_max_seqs: int = 1,
         prefix_cache: bool = True,
+        host_cache_mib: int = EngineConfig.host_cache_mib,
         **kw: int,
     ) -> None:
         self.runner = FakeRunner(n_ctx=n_ctx, **kw)
@@ -31,6 +32,7 @@ class Harness:
             max_num_seqs=max_num_seqs,
             max_batch_tokens=budget,
             prefix_cache=prefix_cache,
+            host_cache_mib=host_cache_mib,
             spec_tokens=spec_tokens,
             spec_max_seqs=spec_max_seqs,
         )

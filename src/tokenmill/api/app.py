@@ -8,6 +8,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from tokenmill import __version__
 from tokenmill.api import errors, openapi
 from tokenmill.api.lifecycle import AdmissionGate, Lifecycle
+from tokenmill.api.metered import RawSend
 from tokenmill.api.middleware import BodySizeLimit, HeaderSizeLimit
 from tokenmill.api.routes import make_router
 from tokenmill.serving.common import ServingContext
@@ -47,7 +48,8 @@ def create_app(
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(HeaderSizeLimit, max_bytes=max_header_bytes)  # outermost: first check
+    app.add_middleware(HeaderSizeLimit, max_bytes=max_header_bytes)  # first check
+    app.add_middleware(RawSend)  # outermost: the server's own send, for streamed events
     if ctx is not None and tenancy is not None:
         attach(app, ctx, tenancy)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from tokenmill.api import jsonbody
 from tokenmill.api.errors import from_structured, from_validation_error
-from tokenmill.api.metered import MeteredStream
+from tokenmill.api.metered import EventStream
 from tokenmill.protocol.errors import APIError, BadRequest, Forbidden
 from tokenmill.protocol.requests import (
     ChatCompletionRequest,
@@ -32,7 +32,7 @@ log = logging.getLogger("tokenmill.requests")
 M = TypeVar("M", bound=BaseModel)
 G = TypeVar("G", bound=GenerationFields)
 Create = Callable[
-    [G, ServingContext, RequestMeter, str], Awaitable[dict[str, Any] | AsyncIterator[str]]
+    [G, ServingContext, RequestMeter, str], Awaitable[dict[str, Any] | AsyncGenerator[str, None]]
 ]
 USAGE_GROUPS = ("model", "day", "key", "tier", "user", "status")
 
@@ -154,7 +154,7 @@ class _Routes:
                 if req.stream:
                     body = await create(req, ctx, meter, served_as)
                     assert not isinstance(body, dict)
-                    return MeteredStream(body, meter)  # closes the meter when the stream ends
+                    return EventStream(body, meter)  # closes the meter when the stream ends
                 result = await until_disconnect(request, create(req, ctx, meter, served_as))
             except StructuredError as e:
                 raise from_structured(e) from e

@@ -29,11 +29,31 @@ class ScheduledChunk:
 
 @dataclass(frozen=True, slots=True)
 class SlotOp:
-    """Before the batch: optionally copy ``src``'s KV into ``dst``, then keep ``keep`` tokens."""
+    """Before the batch: optionally copy slot ``src``'s KV, or restore host entry ``entry``,
+    into ``dst``, then keep ``keep`` tokens."""
 
     dst: int
     keep: int
     src: int | None = None
+    entry: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SaveOp:
+    """Before the batch: save ``slot``'s KV to host memory as ``entry`` (core/hostcache.py)."""
+
+    slot: int
+    entry: int
+
+
+@dataclass(frozen=True, slots=True)
+class DropOp:
+    """Before the batch: free host entry ``entry``."""
+
+    entry: int
+
+
+KVOp = SlotOp | SaveOp | DropOp
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +72,7 @@ class SchedulerOutput:
     """One step's plan, applied by the runner in order: slot ops, run chunks, then fork."""
 
     chunks: list[ScheduledChunk] = field(default_factory=list)
-    slot_ops: list[SlotOp] = field(default_factory=list)
+    slot_ops: list[KVOp] = field(default_factory=list)  # in order: a save precedes a reuse
     # (leader, child): after this batch, copy the leader's prompt KV to the child, which then
     # samples its first token from the leader's last logits.
     forks: list[tuple[Sequence, Sequence]] = field(default_factory=list)

@@ -13,6 +13,10 @@ rest; when another slot (free or running) holds a clearly longer prefix, that sl
 copied in first. A sequence whose prefix another one is still computing waits for it a step
 or two instead of computing the same tokens again.
 
+Before a free slot's KV is overwritten, it is saved to host memory when that loses enough
+tokens (core/hostcache.py), and a prompt sharing a clearly longer prefix with a saved entry
+than with any slot gets that entry restored into its slot instead.
+
 A sequence always takes the lowest free slot, copying in a better cache held by another slot:
 llama.cpp decodes only consecutive sequence ids in one pass, so compact slots are much faster
 (measured, 4 sequences: 31 ms/step in slots 0-3, 50 ms in slots 0, 2, 5, 7). Caches in high
@@ -25,20 +29,28 @@ import time
 from collections.abc import Callable, Mapping
 
 from tokenmill.config import EngineConfig
-from tokenmill.core.plan import ScheduledChunk, SchedulerOutput, SeqUpdate, SlotOp
+from tokenmill.core.hostcache import HostCache
+from tokenmill.core.plan import DropOp, SaveOp, ScheduledChunk, SchedulerOutput, SeqUpdate, SlotOp
 from tokenmill.core.prefix import common_prefix_len
 from tokenmill.core.sequence import SeqStatus, Sequence, SequenceGroup
 
 # Copying another slot's KV moves its whole stream; below this many reused tokens,
 # computing them is about as cheap.
 MIN_COPY_GAIN = 32
+# Reusing a slot that loses fewer tokens of KV than this does not save them to host memory:
+# recomputing a short prompt costs less than the RAM its state would take from longer ones.
+MIN_SAVE = 64
 
 
 class Scheduler:
     """Owns the waiting queue, the running set, KV slots and the count of used KV cells."""
 
     def __init__(
-        self, config: EngineConfig, kv_cells: int, clock: Callable[[], float] = time.monotonic
+        self,
+        config: EngineConfig,
+        kv_cells: int,
+        clock: Callable[[], float] = time.monotonic,
+        host_tokens: int = 0,
     ) -> None:
         self.config = config
         self.kv_cells = kv_cells  # usable cells: shrinks if llama.cpp finds less room
@@ -48,6 +60,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.free_slots: list[int] = list(range(config.max_num_seqs))
         self.slot_tokens: dict[int, list[int]] = {}  # what a free slot's KV holds
+        self.host = HostCache(host_tokens if config.prefix_cache else 0)
         self.used_cells = 0
         self.num_preemptions = 0  # lifetime count, for stats and tests
 
@@ -180,21 +193,41 @@ class Scheduler:
             return False
         # Prompt logprobs need logits at every prompt position, so nothing can be reused.
         if self.config.prefix_cache and not seq.want_prompt_logprobs:
-            slot, keep, src = self._place(seq, kv_before)
+            slot, keep, src, entry = self._place(seq, kv_before)
             if self._prefix_in_progress(seq, kv_before, keep):
                 return False
         else:
-            slot, keep, src = min(self.free_slots), 0, None
+            slot, keep, src, entry = min(self.free_slots), 0, None, None
+        own_kept = keep if src is None and entry is None else 0
+        self._save_held(slot, own_kept, entry, out)
+        if entry is not None:
+            self.host.touch(entry)
         self._take_slot(seq, slot)
-        out.slot_ops.append(SlotOp(slot, keep, src))
+        out.slot_ops.append(SlotOp(slot, keep, src, entry))
         seq.num_computed = keep
         self.used_cells += keep
         if seq.num_preemptions == 0:
             seq.num_cached = keep
         for child in children:
-            # A fork overwrites the child's whole stream, so its old contents do not matter.
-            self._take_slot(child, min(self.free_slots))
+            # A fork overwrites the child's whole stream (saved first if worth keeping).
+            child_slot = min(self.free_slots)
+            self._save_held(child_slot, 0, None, out)
+            self._take_slot(child, child_slot)
         return True
+
+    def _save_held(self, slot: int, kept: int, pinned: int | None, out: SchedulerOutput) -> None:
+        """``slot`` is about to be reused keeping ``kept`` of its tokens: save its KV to host
+        memory first if that loses at least ``MIN_SAVE`` tokens not saved already. Entry
+        ``pinned`` (restored by the same admission) is never dropped to make room."""
+        held = self.slot_tokens.get(slot)
+        if not held or len(held) - kept < MIN_SAVE or not self.host.capacity:
+            return
+        if self.host.covers(held):
+            return
+        entry, dropped = self.host.add(held, pinned)
+        out.slot_ops.extend(DropOp(e) for e in dropped)
+        if entry is not None:
+            out.slot_ops.append(SaveOp(slot, entry))
 
     def _take_slot(self, seq: Sequence, slot: int) -> None:
         self.free_slots.remove(slot)
@@ -203,11 +236,15 @@ class Scheduler:
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
 
-    def _place(self, seq: Sequence, kv_before: dict[int, int]) -> tuple[int, int, int | None]:
-        """Choose a slot for ``seq``: ``(slot, tokens of KV to keep, slot to copy from)``.
+    def _place(
+        self, seq: Sequence, kv_before: dict[int, int]
+    ) -> tuple[int, int, int | None, int | None]:
+        """Choose a slot for ``seq``: ``(slot, tokens of KV to keep, slot to copy from, host
+        entry to restore from)``.
 
         The slot is the lowest free one; KV worth more than a copy is copied in from the free
-        or running slot sharing the longest prefix with ``seq``.
+        or running slot, or restored from the host entry, sharing the longest prefix with
+        ``seq``.
         """
         tokens = seq.token_ids
         limit = len(tokens) - 1  # at least one token is computed, for its logits
@@ -225,9 +262,12 @@ class Scheduler:
                 n = common_prefix_len(other.token_ids, tokens, min(limit, held))
                 if n > best_len:
                     best_src, best_len = other.slot, n
+        entry, host_len = self.host.best(tokens, limit) if self.host.entries else (None, 0)
+        if entry is not None and host_len > best_len and host_len >= own + MIN_COPY_GAIN:
+            return dst, host_len, None, entry
         if best_src is not None and best_len >= own + MIN_COPY_GAIN:
-            return dst, best_len, best_src
-        return dst, own, None
+            return dst, best_len, best_src, None
+        return dst, own, None, None
 
     def _prefix_in_progress(self, seq: Sequence, kv_before: dict[int, int], have: int) -> bool:
         """Is a running sequence still computing a prefix of ``seq`` clearly longer than the

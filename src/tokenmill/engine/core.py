@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from tokenmill.config import EngineConfig
-from tokenmill.core.plan import SchedulerOutput, SeqUpdate
+from tokenmill.core.plan import DropOp, SaveOp, SchedulerOutput, SeqUpdate
 from tokenmill.core.scheduler import Scheduler
 from tokenmill.core.sequence import SeqStatus, Sequence, SequenceGroup
 from tokenmill.core.spec import NgramIndex
@@ -49,7 +49,10 @@ class EngineCore:
         self.info = runner.info
         self.config = config
         self.clock = clock
-        self.scheduler = Scheduler(config, runner.info.kv_cells, clock)
+        host_tokens = 0
+        if runner.info.kv_bytes_per_token:
+            host_tokens = (config.host_cache_mib << 20) // runner.info.kv_bytes_per_token
+        self.scheduler = Scheduler(config, runner.info.kv_cells, clock, host_tokens)
         self._live: dict[str, LiveRequest] = {}
         self._outbox: list[RequestOutput] = []
         self._next_seq_id = 0
@@ -192,9 +195,16 @@ class EngineCore:
 
     def _apply_slot_ops(self, plan: SchedulerOutput) -> None:
         for op in plan.slot_ops:
-            if op.src is not None:
-                self.runner.copy(op.src, op.dst)
-            self.runner.trim(op.dst, op.keep)
+            if isinstance(op, SaveOp):
+                self.runner.save(op.slot, op.entry)
+            elif isinstance(op, DropOp):
+                self.runner.drop(op.entry)
+            else:
+                if op.src is not None:
+                    self.runner.copy(op.src, op.dst)
+                elif op.entry is not None:
+                    self.runner.restore(op.entry, op.dst)
+                self.runner.trim(op.dst, op.keep)
 
     def _run(self, plan: SchedulerOutput) -> np.ndarray | None:
         try:

@@ -1,14 +1,48 @@
-"""The asyncio side of the engine: submit a request, iterate its outputs, abort it."""
+"""The asyncio side of the engine: submit a request, iterate its outputs, abort it.
+
+Outputs cross from the engine thread through one mailbox per event loop: a step's outputs
+for every request wake the event loop once (``call_soon_threadsafe`` writes to a pipe each
+time it is called), not once per request. A stream whose client reads slower than the engine
+steps finds several outputs waiting and takes them as one (``RequestOutput.merge``): one SSE
+event of several tokens instead of a backlog of one-token events.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncGenerator
 
 from tokenmill.config import EngineConfig
 from tokenmill.engine.loop import EngineLoop
 from tokenmill.engine.messages import EngineRequest, RequestOutput
 from tokenmill.runner.base import ModelRunner
+
+
+class _Mailbox:
+    """Outputs posted by the engine thread, handed to their requests' queues on the event
+    loop in one callback per batch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._mail: deque[tuple[asyncio.Queue[RequestOutput], RequestOutput]] = deque()
+        self._scheduled = False
+
+    def post(self, queue: asyncio.Queue[RequestOutput], out: RequestOutput) -> None:
+        """From the engine thread."""
+        self._mail.append((queue, out))
+        # Read without a lock: the flush clears the flag before draining, so an output
+        # appended while a flush is pending is either drained by it or schedules another.
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        mail = self._mail
+        while mail:
+            queue, out = mail.popleft()
+            queue.put_nowait(out)
 
 
 class AsyncEngine:
@@ -23,6 +57,7 @@ class AsyncEngine:
         # becomes a quick 503 instead of an ever longer wait.
         self.capacity = config.capacity
         self.admitted = 0
+        self._mailboxes: dict[asyncio.AbstractEventLoop, _Mailbox] = {}
 
     def start(self) -> None:
         self.loop.start()
@@ -33,6 +68,8 @@ class AsyncEngine:
         return {
             "engine_steps": core.steps,
             "preemptions": core.scheduler.num_preemptions,
+            "host_cache_saves": core.scheduler.host.saves,
+            "host_cache_restores": core.scheduler.host.restores,
             "spec_draft_tokens": core.spec_proposed,
             "spec_accepted_tokens": core.spec_accepted,
             "request_failures": core.request_failures,
@@ -68,7 +105,7 @@ class AsyncEngine:
     def release(self, seqs: int) -> None:
         self.admitted -= seqs
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[RequestOutput, None]:
         """Yield the request's outputs until the last one.
 
         If the consumer stops early (client gone, task cancelled) the request is aborted and
@@ -76,15 +113,17 @@ class AsyncEngine:
         """
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
         aio_loop = asyncio.get_running_loop()
-
-        def sink(out: RequestOutput) -> None:
-            aio_loop.call_soon_threadsafe(queue.put_nowait, out)
-
-        self.loop.submit(request, sink)
+        mailbox = self._mailboxes.get(aio_loop)
+        if mailbox is None:
+            mailbox = self._mailboxes[aio_loop] = _Mailbox(aio_loop)
+        post = mailbox.post
+        self.loop.submit(request, lambda out: post(queue, out))
         finished = False
         try:
             while not finished:
                 out = await queue.get()
+                while not queue.empty():  # the consumer lagged: one output for all of them
+                    out.merge(queue.get_nowait())
                 finished = out.finished
                 yield out
         finally:

@@ -55,3 +55,26 @@ class RequestOutput:
     prompt_logprobs: list[PromptLogprob | None] | None = None
     error: str | None = None  # the request failed; the message says why
     error_code: str | None = None  # e.g. "shutting_down": the edge picks the HTTP status
+
+    def merge(self, later: RequestOutput) -> None:
+        """Fold the next output of the same request into this one, as if one step had
+        produced both: each choice's text, tokens and logprobs appended in order."""
+        by_index = {d.index: d for d in self.deltas}
+        for d in later.deltas:
+            mine = by_index.get(d.index)
+            if mine is None:
+                self.deltas.append(d)
+                by_index[d.index] = d
+                continue
+            mine.text += d.text
+            mine.token_ids.extend(d.token_ids)
+            mine.logprobs.extend(d.logprobs)
+            if d.finish_reason is not None:
+                mine.finish_reason, mine.stop_reason = d.finish_reason, d.stop_reason
+        self.num_prompt_tokens = later.num_prompt_tokens or self.num_prompt_tokens
+        self.finished = self.finished or later.finished
+        self.num_cached_tokens = later.num_cached_tokens or self.num_cached_tokens
+        if self.prompt_logprobs is None:
+            self.prompt_logprobs = later.prompt_logprobs
+        if later.error is not None:
+            self.error, self.error_code = later.error, later.error_code

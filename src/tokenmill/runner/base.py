@@ -39,6 +39,7 @@ class ModelInfo:
     fingerprint: str  # stable per model file, tokenmill version and kernels
     special_texts: dict[int, str] = field(default_factory=dict)  # control tokens' own text
     kernels: str = "deterministic"  # "fast" or "deterministic" (bit-exact however batched)
+    kv_bytes_per_token: int = 0  # host memory one token's saved KV takes (0: cannot save)
 
     def token_bytes(self, token_id: int) -> bytes:
         """A token's bytes; control tokens render as their own name (``<|im_end|>``)."""
@@ -70,6 +71,15 @@ class ModelRunner(Tokenizer, Protocol):
 
     def copy(self, src: int, dst: int) -> None:
         """Make ``dst``'s KV a copy of ``src``'s (applied before the next decode writes)."""
+
+    def save(self, slot: int, entry: int) -> None:
+        """Copy ``slot``'s KV to host memory as ``entry`` (replacing an entry of that id)."""
+
+    def restore(self, entry: int, slot: int) -> None:
+        """Make ``slot``'s KV a copy of host ``entry`` (which stays saved)."""
+
+    def drop(self, entry: int) -> None:
+        """Free host ``entry`` (unknown ids are ignored)."""
 
     def decode(self, batch: Batch) -> npt.NDArray[np.float32]:
         """Run the batch; return logits of the rows marked in ``want_logits``, in order.

@@ -45,13 +45,15 @@ class FakeRunner:
             add_bos=False,
             chat_template=None,
             fingerprint="fp_fake",
+            kv_bytes_per_token=1024,
         )
         self.eos_after = eos_after  # emit EOS once a slot holds this many tokens
         # Mostly repeat the token ``repeat_period`` back (text that copies its context, where
         # prompt-lookup drafts pay off), with a hash-chosen token now and then.
         self.repeat_period = repeat_period
         self.kv: dict[int, list[int]] = {}
-        self.copies = 0
+        self.host: dict[int, list[int]] = {}  # saved KV by entry id
+        self.copies = self.restores = 0
         self.decode_calls = 0
         self.batch_sizes: list[int] = []
 
@@ -68,6 +70,16 @@ class FakeRunner:
     def copy(self, src: int, dst: int) -> None:
         self.kv[dst] = list(self.kv.get(src, []))
         self.copies += 1
+
+    def save(self, slot: int, entry: int) -> None:
+        self.host[entry] = list(self.kv.get(slot, []))
+
+    def restore(self, entry: int, slot: int) -> None:
+        self.kv[slot] = list(self.host[entry])
+        self.restores += 1
+
+    def drop(self, entry: int) -> None:
+        self.host.pop(entry, None)
 
     def decode(self, batch: Batch) -> npt.NDArray[np.float32]:
         self.decode_calls += 1

@@ -69,6 +69,15 @@ class FaultInjector:
     def copy(self, src: int, dst: int) -> None:
         self.inner.copy(src, dst)
 
+    def save(self, slot: int, entry: int) -> None:
+        self.inner.save(slot, entry)
+
+    def restore(self, entry: int, slot: int) -> None:
+        self.inner.restore(entry, slot)
+
+    def drop(self, entry: int) -> None:
+        self.inner.drop(entry)
+
     def decode(self, batch: Batch) -> npt.NDArray[np.float32]:
         fault = self._take()
         if fault is not None:

@@ -120,6 +120,7 @@ class LlamaRunner:
         self.n_batch = n_batch
         self._alloc_batch(n_batch)
         self.kernels = kernels
+        self._host: dict[int, npt.NDArray[np.uint8]] = {}  # saved KV states by entry id
         self.info = self._read_info(path, L.llama_n_ctx_seq(self._ctx), n_seq_max)
         log.info(
             "loaded %s: vocab %d, context %d per sequence, %d slots, %d threads, %s kernels "
@@ -156,7 +157,16 @@ class LlamaRunner:
             fingerprint=_fingerprint(path, self.kernels),
             special_texts=special,
             kernels=self.kernels,
+            kv_bytes_per_token=self._kv_bytes_per_token(),
         )
+
+    def _kv_bytes_per_token(self) -> int:
+        """Bytes of one token's K and V over all layers, as a saved state holds them (f16,
+        llama.cpp's default cache type), plus the cell's position and sequence id."""
+        m = self._model
+        head_dim = L.llama_model_n_embd(m) // max(L.llama_model_n_head(m), 1)
+        per_layer = 2 * L.llama_model_n_head_kv(m) * head_dim * 2
+        return L.llama_model_n_layer(m) * per_layer + 12
 
     def _piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
@@ -183,10 +193,33 @@ class LlamaRunner:
         L.llama_memory_seq_rm(self._mem, slot, keep, -1)
 
     def copy(self, src: int, dst: int) -> None:
-        # Across streams llama.cpp copies whole streams only (it asserts otherwise). The cell
-        # bookkeeping is copied now and the buffers at the start of the next decode, before
-        # that decode writes anything; callers trim the copy to the prefix they want.
-        L.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        # Through a sequence state rather than llama_memory_seq_cp: across streams that copies
+        # whole streams (every cell, used or not) and only at the start of the next decode, so
+        # a save or restore of either slot before then would see the wrong buffers. A state
+        # holds just the used cells and is written now.
+        self._write_state(self._read_state(src), dst)
+
+    def save(self, slot: int, entry: int) -> None:
+        self._host[entry] = self._read_state(slot)
+
+    def restore(self, entry: int, slot: int) -> None:
+        self._write_state(self._host[entry], slot)
+
+    def drop(self, entry: int) -> None:
+        self._host.pop(entry, None)
+
+    def _read_state(self, slot: int) -> npt.NDArray[np.uint8]:
+        size = L.llama_state_seq_get_size(self._ctx, slot)
+        buf = np.empty(size, dtype=np.uint8)
+        n = L.llama_state_seq_get_data(self._ctx, _u8p(buf), size, slot)
+        if n != size:
+            raise RuntimeError(f"llama.cpp saved {n} of {size} bytes of slot {slot}")
+        return buf
+
+    def _write_state(self, buf: npt.NDArray[np.uint8], slot: int) -> None:
+        if L.llama_state_seq_set_data(self._ctx, _u8p(buf), buf.size, slot) == 0:
+            L.llama_memory_seq_rm(self._mem, slot, -1, -1)  # whatever was half restored
+            raise RuntimeError(f"llama.cpp could not restore {buf.size} bytes into slot {slot}")
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -253,6 +286,10 @@ class LlamaRunner:
         if self._model:
             L.llama_model_free(self._model)
             self._model = None
+
+
+def _u8p(buf: npt.NDArray[np.uint8]) -> Any:
+    return buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
 
 
 def _fingerprint(path: str, kernels: str) -> str:

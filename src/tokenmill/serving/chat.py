@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from tokenmill.engine.messages import EngineRequest, PromptLogprob
@@ -50,7 +50,7 @@ async def create_chat_completion(
     ctx: ServingContext,
     meter: RequestMeter | None = None,
     model: str | None = None,
-) -> dict[str, Any] | AsyncIterator[str]:
+) -> dict[str, Any] | AsyncGenerator[str, None]:
     """``model``: the id to answer with, when the caller has resolved ``req.model`` already."""
     model = model or ctx.models.resolve(req.model)
     resolved = await resolve_constraint(req, ctx)
@@ -124,14 +124,14 @@ async def _stream(
     ctx: ServingContext,
     resolved: ResolvedConstraint,
     meter: RequestMeter | None,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     want_lp = ereq.params.logprobs is not None
     completion_tokens = 0
     cached = 0
     shapers = [DeltaShaper(resolved) for _ in range(ereq.params.n)]
     try:
         for i in range(ereq.params.n):
-            yield event(_chunk(meta, i, {"role": "assistant", "content": ""}))
+            yield _chunk(meta, i, {"role": "assistant", "content": ""})
         async for _, out in run_all(ctx.engine, [ereq], meter):
             extra: dict[str, Any] = {}
             if out.prompt_logprobs is not None and ereq.params.prompt_logprobs is not None:
@@ -149,10 +149,10 @@ async def _stream(
                     deltas = [{}]  # logprobs of tokens whose text is still held back
                 for j, delta in enumerate(deltas):
                     lp = chat_logprobs(d.logprobs, ctx.info) if want_lp and j == 0 else None
-                    yield event(_chunk(meta, d.index, delta, logprobs=lp, **extra))
+                    yield _chunk(meta, d.index, delta, logprobs=lp, **extra)
                     extra = {}
                 if finish_reason:
-                    yield event(_chunk(meta, d.index, {}, finish_reason, d.stop_reason, **extra))
+                    yield _chunk(meta, d.index, {}, finish_reason, d.stop_reason, **extra)
                     extra = {}
         if meta.include_usage:
             yield event(
@@ -174,7 +174,8 @@ def _chunk(
     stop_reason: str | int | None = None,
     logprobs: dict[str, Any] | None = None,
     **extra: Any,
-) -> dict[str, Any]:
+) -> str:
+    """One chunk's SSE event."""
     choice: dict[str, Any] = {
         "index": index,
         "delta": delta,
@@ -183,4 +184,4 @@ def _chunk(
     }
     if finish_reason:
         choice["stop_reason"] = stop_reason
-    return meta.envelope(choices=[choice], **extra)
+    return meta.chunk_event([choice], **extra)

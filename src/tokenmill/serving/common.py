@@ -292,8 +292,19 @@ async def run_all(
 
     Leaving early (client gone) cancels them all, which aborts them in the engine.
     """
-    outputs = _merged(engine, requests)
     timeout = meter.first_output_timeout if meter is not None else None
+    if len(requests) == 1 and timeout is None:  # the common case, without a relay per output
+        single = engine.generate(requests[0])
+        try:
+            async for out in single:
+                if meter is not None:
+                    meter.observe(0, out)
+                _raise_if_failed(out)
+                yield 0, out
+        finally:
+            await single.aclose()
+        return
+    outputs = _merged(engine, requests)
     if timeout is not None and meter is not None:
         outputs = _first_within(outputs, timeout, meter)
     try:

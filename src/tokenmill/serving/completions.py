@@ -5,7 +5,7 @@ Choices are indexed prompt-major (``prompt_index * n + choice``), as OpenAI does
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +82,7 @@ async def create_completion(
     ctx: ServingContext,
     meter: RequestMeter | None = None,
     model: str | None = None,
-) -> dict[str, Any] | AsyncIterator[str]:
+) -> dict[str, Any] | AsyncGenerator[str, None]:
     """``model``: the id to answer with, when the caller has resolved ``req.model`` already."""
     model = model or ctx.models.resolve(req.model)
     resolved = await resolve_constraint(req, ctx)
@@ -186,7 +186,7 @@ class _LegacyCompletion:
             self.prompt_lp[prompt_index] if echo else None, prompt.ids, lps, self.ctx.info, offset
         )
 
-    async def stream(self) -> AsyncIterator[str]:
+    async def stream(self) -> AsyncGenerator[str, None]:
         completion_tokens = 0
         started: set[int] = set()
         sent: dict[int, int] = {}  # characters of each choice's text so far (for text_offset)
@@ -216,7 +216,7 @@ class _LegacyCompletion:
                         choice["prompt_logprobs"] = prompt_logprobs_json(
                             self.prompt_lp[prompt_index], self.ctx.info
                         )
-                    yield event(self.meta.envelope(choices=[choice]))
+                    yield self.meta.chunk_event([choice])
             if self.meta.include_usage:
                 yield event(
                     self.meta.envelope(
