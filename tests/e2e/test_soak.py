@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tokenmill.bench.soak import report
+from tokenmill.bench.soak import figures, report
 from tokenmill.bench.soak.mix import COMPLETED, REFUSED, UNEXPECTED, Outcome
 from tokenmill.bench.soak.probe import Sample
 from tokenmill.bench.soak.run import SoakRun
@@ -79,3 +79,16 @@ def test_checks_fail_on_a_leak_a_lost_row_and_a_5xx(tmp_path: Path) -> None:
     }  # fmt: skip
     assert data["ledger"]["ids_without_row"] == ["id2"]
     assert data["verdict"] == "FAIL" and "## Soak: FAIL" in report.markdown(data)
+
+
+def test_rss_growth_that_is_the_host_cache_filling_is_not_a_leak() -> None:
+    """The same 10 MB a second, all of it prompt KV saved to the host tier (which stops at
+    --cache-ram): the rest of the process is flat."""
+    samples = [
+        Sample(t, (900 + 10 * t) * 1024, 20, 200, True, t, host_cache_kb=10 * t * 1024)
+        for t in range(20)
+    ]
+    idle = Sample(21, 1100 * 1024, 14, 200, True, 20)
+    proc = figures.process(samples, idle, warmup=2.0)
+    assert proc["rss_mb"]["growth_after_warmup"] == 0.0
+    assert proc["rss_mb"]["host_cache_last"] == 190.0

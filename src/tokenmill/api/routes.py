@@ -99,11 +99,15 @@ class _Routes:
         )
 
     async def metrics(self, request: Request) -> Response:
-        """Engine counters in Prometheus' text format."""
+        """Engine counters and gauges in Prometheus' text format."""
         await self.authenticate(request)
+        engine = self.ctx.engine
         lines = [
             f"# TYPE tokenmill_{name}_total counter\ntokenmill_{name}_total {value}"
-            for name, value in self.ctx.engine.stats().items()
+            for name, value in engine.stats().items()
+        ] + [
+            f"# TYPE tokenmill_{name} gauge\ntokenmill_{name} {value}"
+            for name, value in engine.gauges().items()
         ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 

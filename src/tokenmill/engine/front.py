@@ -75,6 +75,11 @@ class AsyncEngine:
             "request_failures": core.request_failures,
         }
 
+    def gauges(self) -> dict[str, int]:
+        """Current levels, read without locking like ``stats``."""
+        host = self.loop.core.scheduler.host
+        return {"host_cache_bytes": host.tokens * self.info.kv_bytes_per_token}
+
     def stop(self) -> None:
         self.loop.stop()
 

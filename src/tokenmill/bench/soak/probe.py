@@ -27,6 +27,7 @@ class Sample:
     health: int  # the status of GET /health; 0 when it did not answer
     alive: bool
     engine_steps: int | None  # None if /metrics did not say
+    host_cache_kb: int = 0  # KV saved in the prefix cache's host tier (bounded by --cache-ram)
 
 
 def rss_kb(pid: int) -> int | None:
@@ -52,15 +53,18 @@ async def sample(client: httpx.AsyncClient, served: Served, t: float) -> Sample:
     alive = served.proc.poll() is None
     health = 0
     steps = None
+    host_cache = 0
     try:
         health = (await client.get(f"{served.root}/health")).status_code
         r = await client.get(
             f"{served.root}/metrics", headers={"Authorization": f"Bearer {BENCH_KEY}"}
         )
-        steps = _counter(r.text, "tokenmill_engine_steps_total") if r.status_code == 200 else None
+        if r.status_code == 200:
+            steps = _counter(r.text, "tokenmill_engine_steps_total")
+            host_cache = _counter(r.text, "tokenmill_host_cache_bytes") or 0
     except httpx.HTTPError:
         pass
-    return Sample(t, rss, fds, health, alive, steps)
+    return Sample(t, rss, fds, health, alive, steps, host_cache // 1024)
 
 
 def _counter(text: str, name: str) -> int | None:

@@ -102,7 +102,8 @@ def _process_checks(proc: dict[str, Any], concurrency: int) -> list[dict[str, An
             RSS,
             rss["growth_after_warmup"] <= allowed,
             f"{rss['after_warmup']} -> {rss['last']} MB ({rss['growth_after_warmup']:+.1f}, "
-            f"allowed +{allowed:.1f}); slope {rss['slope_mb_per_h']} MB/h",
+            f"allowed +{allowed:.1f}); slope {rss['slope_mb_per_h']} MB/h; not counting "
+            f"{rss.get('host_cache_last', 0)} MB of prompt KV in the host cache at the end",
         ),
         _check(
             FDS,
