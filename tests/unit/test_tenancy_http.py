@@ -307,7 +307,9 @@ async def test_default_goes_before_flex_and_a_full_queue_is_503(tmp_path: Path) 
         waiting = []
         for tier in ("flex", "flex", "default"):
             waiting.append(asyncio.create_task(wait_in_line(tier)))
-            while stack.engine.admitted < len(waiting):
+            # In the engine's inbox, not just counted in: admission reserves a place before
+            # the ledger's pending row is written, and submits only after it.
+            while stack.engine.loop.inbox_size < len(waiting):
                 await asyncio.sleep(0.01)
         t0 = time.monotonic()
         full = await complete(c)

@@ -87,6 +87,11 @@ class EngineLoop:
             self._thread.join(timeout=10)
 
     @property
+    def inbox_size(self) -> int:
+        """Submits and aborts not yet taken by the thread (approximate, like any queue size)."""
+        return self._inbox.qsize()
+
+    @property
     def alive(self) -> bool:
         # ``death`` is set before the clients hear of it, while the thread still winds down.
         return self.death is None and self._thread is not None and self._thread.is_alive()
