@@ -14,16 +14,19 @@ from starlette.testclient import TestClient
 from tokenmill.api.app import create_app
 from tokenmill.config import EngineConfig
 from tokenmill.engine.front import AsyncEngine
+from tokenmill.runner.base import ModelRunner
 from tokenmill.runner.fake import FakeRunner
 from tokenmill.runner.faults import FaultInjector
 from tokenmill.serving.common import ServingContext
-from tokenmill.serving.models import ModelRegistry
+from tokenmill.serving.models import ModelRegistry, ServedModels
 from tokenmill.serving.template import ChatTemplate
 from tokenmill.structured import GrammarCompiler, make_tokenizer
 from tokenmill.tenancy.auth import StaticKeys
 from tokenmill.tenancy.db import open_database
 from tokenmill.tenancy.keys import KeyStore
 from tokenmill.tenancy.ledger import Ledger
+from tokenmill.tenancy.limits import Limits
+from tokenmill.tenancy.prices import PriceList
 from tokenmill.tenancy.schema import UsageRow
 from tokenmill.tenancy.service import Tenancy
 
@@ -48,21 +51,30 @@ class AppStack:
         max_body_bytes: int = 1 << 20,
         api_keys: tuple[str, ...] = (ADMIN_KEY,),
         cors_origins: tuple[str, ...] = (),
+        more_models: dict[str, FakeRunner] | None = None,
+        aliases: dict[str, tuple[str, ...]] | None = None,
+        model_limits: dict[str, Limits] | None = None,
+        prices: PriceList | None = None,
     ) -> None:
         self.runner = runner or FakeRunner()
         self.faults = FaultInjector(self.runner)
         config = EngineConfig(max_num_seqs=max_num_seqs, max_batch_tokens=64, max_queue=max_queue)
-        self.engine = AsyncEngine(self.faults, config)
-        grammars = GrammarCompiler(make_tokenizer(self.runner.info))
-        template = ChatTemplate(None, "", "")
-        ctx = ServingContext(
-            self.engine, ModelRegistry(MODEL), template, self.runner, grammars, self.faults
-        )
+        names = aliases or {}
+        ctx = _context(MODEL, self.faults, config, names.get(MODEL, ()), self.faults)
+        self.engine = ctx.engine
+        # Further models, each with its own engine (one server, several models).
+        self.contexts = [ctx] + [
+            _context(name, r, config, names.get(name, ()))
+            for name, r in (more_models or {}).items()
+        ]
         self.db = open_database(str(tmp / "t.db"))
-        self.ledger = Ledger(self.db)
+        self.ledger = Ledger(self.db, prices)
         self.keys = KeyStore(self.db)  # for tests that create projects and keys
-        tenancy = Tenancy(self.keys, self.ledger, StaticKeys(api_keys), flex_timeout)
-        self.app = create_app(ctx, tenancy, max_body_bytes, cors_origins=cors_origins)
+        self.tenancy = Tenancy(
+            self.keys, self.ledger, StaticKeys(api_keys), flex_timeout, model_limits=model_limits
+        )
+        served = ServedModels(self.contexts)
+        self.app = create_app(served, self.tenancy, max_body_bytes, cors_origins=cors_origins)
         self.started = start
 
     async def client(
@@ -84,7 +96,8 @@ class AppStack:
         """Start the ledger writer, and the engine thread unless ``start=False``."""
         self.ledger.start()
         if self.started:
-            self.engine.start()
+            for ctx in self.contexts:
+                ctx.engine.start()
 
     def sync_client(self, headers: dict[str, str] | None = None) -> TestClient:
         """A blocking client (Starlette's, an ``httpx.Client``: the official ``openai``
@@ -113,7 +126,8 @@ class AppStack:
         )
 
     def start_engine(self) -> None:
-        self.engine.start()
+        for ctx in self.contexts:
+            ctx.engine.start()
         self.started = True
 
     async def rows(self) -> list[UsageRow]:
@@ -122,7 +136,22 @@ class AppStack:
 
     def close(self) -> None:
         if self.started:
-            self.engine.stop()
+            for ctx in self.contexts:
+                ctx.engine.stop()
             self.started = False
         self.ledger.stop()
         self.db.dispose()
+
+
+def _context(
+    name: str,
+    runner: ModelRunner,
+    config: EngineConfig,
+    aliases: tuple[str, ...] = (),
+    faults: FaultInjector | None = None,
+) -> ServingContext:
+    """One served fake model with its own engine (not started)."""
+    grammars = GrammarCompiler(make_tokenizer(runner.info))
+    models = ModelRegistry(name, aliases, context_length=runner.info.n_ctx)
+    engine = AsyncEngine(runner, config)
+    return ServingContext(engine, models, ChatTemplate(None, "", ""), runner, grammars, faults)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
+from tokenmill.catalogue import CatalogueError, load_catalogue, model_from_table
 from tokenmill.config import (
     EMBEDDED_MODEL_ID,
     EngineConfig,
     FlashAttn,
+    ModelConfig,
     ServeConfig,
     embedded_model_path,
     env_api_keys,
@@ -21,7 +23,20 @@ from tokenmill.tenancy import admin
 
 # Flag defaults are the dataclasses' own: one place for every default.
 _SERVE = ServeConfig()
+_MODEL = ModelConfig()
 _ENGINE = EngineConfig()
+# Flags that set a model's value, under their catalogue key (catalogue.py).
+_MODEL_FLAGS = {
+    "threads": "threads",
+    "ctx_size": "ctx_size",
+    "max_num_seqs": "max_num_seqs",
+    "max_batch_tokens": "max_batch_tokens",
+    "prefix_cache": "prefix_cache",
+    "cache_ram": "cache_ram",
+    "spec_tokens": "spec_tokens",
+    "spec_max_seqs": "spec_max_seqs",
+    "max_queue": "max_queue",
+}
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,6 +44,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--host", default=_SERVE.host)
     p.add_argument("--port", type=int, default=_SERVE.port)
     p.add_argument("--model", help="path to a GGUF file (default: the embedded SmolLM2-135M)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML catalogue of models to serve (docs/scale-out.md); flags given with it "
+        "override every model's value",
+    )
     p.add_argument("--served-model-name", help="the model id clients use")
     p.add_argument(
         "--model-alias", action="append", default=[], help="another name for the model (repeatable)"
@@ -39,8 +60,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=[],
         help="accepted API key (repeatable; also TOKENMILL_API_KEYS)",
     )
-    p.add_argument("--threads", type=int, default=_SERVE.threads, help="(default: all cores)")
-    p.add_argument("--ctx-size", type=int, default=_SERVE.ctx_size, help="context per sequence")
+    p.add_argument("--threads", type=int, help="(default: all cores)")
+    p.add_argument(
+        "--ctx-size", type=int, help=f"context per sequence (default: {_MODEL.ctx_size})"
+    )
     p.add_argument(
         "--deterministic",
         action="store_true",
@@ -67,31 +90,37 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _engine_flags(p: argparse.ArgumentParser) -> None:
+    # Defaults are None (filled in by _model_overrides) so that a catalogue can tell the
+    # flags given, which override every model's value, from those left out.
     e = _ENGINE
-    p.add_argument("--max-num-seqs", type=int, default=e.max_num_seqs, help="decoded together")
-    p.add_argument("--max-batch-tokens", type=int, default=e.max_batch_tokens, help="per step")
-    p.add_argument("--no-prefix-cache", action="store_true", help="recompute every prompt")
+    p.add_argument("--max-num-seqs", type=int, help=f"decoded together (default: {e.max_num_seqs})")
+    p.add_argument("--max-batch-tokens", type=int, help=f"per step (default: {e.max_batch_tokens})")
+    p.add_argument(
+        "--no-prefix-cache", action="store_const", const=False, dest="prefix_cache",
+        help="recompute every prompt",
+    )  # fmt: skip
     p.add_argument(
         "--cache-ram",
         type=int,
-        default=e.host_cache_mib,
         metavar="MIB",
-        help="host memory for prompt KV saved from reused slots (0: off)",
+        help=f"host memory for prompt KV saved from reused slots (0: off; default: "
+        f"{e.host_cache_mib})",
     )
     p.add_argument(
         "--spec-tokens",
         type=int,
-        default=e.spec_tokens,
         help="speculative decoding by prompt lookup: draft up to N tokens per step (0: off)",
     )
     p.add_argument(
         "--spec-max-seqs",
         type=int,
-        default=e.spec_max_seqs,
-        help="speculate only while at most this many sequences are decoding",
+        help=f"speculate only while at most this many sequences are decoding (default: "
+        f"{e.spec_max_seqs})",
     )
     p.add_argument(
-        "--max-queue", type=int, default=e.max_queue, help="sequences that may wait; beyond: 503"
+        "--max-queue",
+        type=int,
+        help=f"sequences that may wait; beyond: 503 (default: {e.max_queue})",
     )
 
 
@@ -121,15 +150,8 @@ def _http_flags(p: argparse.ArgumentParser) -> None:
 
 def _check_ranges(args: argparse.Namespace) -> None:
     for name, value, low in (
-        ("--ctx-size", args.ctx_size, 16),
-        ("--max-num-seqs", args.max_num_seqs, 1),
-        ("--max-batch-tokens", args.max_batch_tokens, args.max_num_seqs),
         ("--max-body-bytes", args.max_body_bytes, 1024),
-        ("--spec-tokens", args.spec_tokens, 0),
-        ("--spec-max-seqs", args.spec_max_seqs, 1),
         ("--max-header-bytes", args.max_header_bytes, 1024),
-        ("--max-queue", args.max_queue, 0),
-        ("--cache-ram", args.cache_ram, 0),
     ):
         if value < low:
             raise SystemExit(f"tokenmill: {name} must be at least {low}")
@@ -143,40 +165,56 @@ def _check_ranges(args: argparse.Namespace) -> None:
         raise SystemExit("tokenmill: --shutdown-timeout must not be negative")
 
 
+def _model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The model flags given on the command line, under their catalogue keys."""
+    return {
+        key: getattr(args, dest)
+        for dest, key in _MODEL_FLAGS.items()
+        if getattr(args, dest) is not None
+    }
+
+
+def _models(args: argparse.Namespace) -> tuple[ModelConfig, ...]:
+    """The catalogue (``--config``) or the one model the flags describe, checked."""
+    overrides = _model_overrides(args)
+    if args.config:
+        if args.model or args.served_model_name or args.model_alias:
+            raise SystemExit(
+                "tokenmill: --model, --served-model-name and --model-alias describe one model; "
+                "with --config, models are described in the catalogue"
+            )
+        try:
+            return load_catalogue(args.config, overrides)
+        except CatalogueError as e:
+            raise SystemExit(f"tokenmill: {e}") from None
+    if args.model:
+        path = Path(args.model)
+        if not path.is_file():
+            raise SystemExit(f"tokenmill: model file not found: {path}")
+        name = args.served_model_name or path.stem
+    else:
+        path = embedded_model_path()
+        name = args.served_model_name or EMBEDDED_MODEL_ID
+    table = {"name": name, "path": str(path), "aliases": list(args.model_alias)}
+    try:
+        return (model_from_table(table, overrides=overrides),)
+    except CatalogueError as e:  # worded with the flag's name, not the catalogue's key
+        flag = (e.key or "").replace("_", "-")
+        raise SystemExit(f"tokenmill: --{flag} {e.problem}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     if args.deterministic and args.flash_attn == "on":
         raise SystemExit(
             "tokenmill: --flash-attn on and --deterministic contradict: flash attention's "
             "rounding depends on batching"
         )
-    if args.model:
-        path = Path(args.model)
-        if not path.is_file():
-            raise SystemExit(f"tokenmill: model file not found: {path}")
-        model_id = args.served_model_name or path.stem
-    else:
-        path = embedded_model_path()
-        model_id = args.served_model_name or EMBEDDED_MODEL_ID
     _check_ranges(args)
-    engine = EngineConfig(
-        max_num_seqs=args.max_num_seqs,
-        max_batch_tokens=args.max_batch_tokens,
-        prefix_cache=not args.no_prefix_cache,
-        host_cache_mib=args.cache_ram,
-        spec_tokens=args.spec_tokens,
-        spec_max_seqs=args.spec_max_seqs,
-        max_queue=args.max_queue,
-    )
     return ServeConfig(
         host=args.host,
         port=args.port,
-        model_path=str(path),
-        model_id=model_id,
-        aliases=tuple(args.model_alias),
+        models=_models(args),
         api_keys=tuple(args.api_key) + env_api_keys(),
-        threads=args.threads,
-        ctx_size=args.ctx_size,
-        engine=engine,
         max_body_bytes=args.max_body_bytes,
         kernels="deterministic" if args.deterministic else "fast",
         flash_attn="off" if args.deterministic else args.flash_attn,

@@ -44,19 +44,56 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
-class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    model_path: str = ""
+class Autoscaling:
+    """Ray Serve's replica autoscaling for one model (``--ray`` only)."""
+
+    min_replicas: int
+    max_replicas: int
+    target_ongoing_requests: float = 2.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One served model: its file, the names clients use, how its engine runs, and the rate
+    limits and prices that apply to it unless a key or the price file says otherwise."""
+
     model_id: str = EMBEDDED_MODEL_ID
+    path: str = ""  # the GGUF file
     aliases: tuple[str, ...] = ()
-    api_keys: tuple[str, ...] = ()
     threads: int = 0  # 0: all cores
     ctx_size: int = 4096  # per sequence; the KV cache holds ctx_size * max_num_seqs cells
     engine: EngineConfig = EngineConfig()
+    replicas: int = 1  # engine replicas (one per process); more than one needs --ray
+    autoscaling: Autoscaling | None = None
+    rpm: int | None = None  # default limits of keys without their own; None: unlimited
+    tpm: int | None = None
+    # USD per million tokens, for the ledger's cost (the --prices file wins where it lists
+    # the model); None: not priced here.
+    price_prompt: float | None = None
+    price_cached_prompt: float | None = None
+    price_completion: float | None = None
+
+    @property
+    def n_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The id first, then the aliases (without repeats)."""
+        return (self.model_id, *dict.fromkeys(a for a in self.aliases if a != self.model_id))
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # What is served: the embedded model unless flags or a catalogue (--config) say otherwise.
+    models: tuple[ModelConfig, ...] = (ModelConfig(),)
+    api_keys: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
-    # llama.cpp's kernels: "fast" (tinyBLAS, flash attention as llama.cpp's auto decides) or
-    # "deterministic" (batch-invariant: every output bit-identical however it is batched).
+    # llama.cpp's kernels, one choice per process (the library is loaded once): "fast"
+    # (tinyBLAS, flash attention as llama.cpp's auto decides) or "deterministic"
+    # (batch-invariant: every output bit-identical however it is batched).
     kernels: Kernels = "fast"
     flash_attn: FlashAttn = "auto"  # "auto": llama.cpp decides; always off when deterministic
     log_level: str = "info"
@@ -70,8 +107,9 @@ class ServeConfig:
     fault_injection: bool = False  # tests only: POST /internal/faults breaks the next decodes
 
     @property
-    def n_threads(self) -> int:
-        return self.threads or os.cpu_count() or 1
+    def model(self) -> ModelConfig:
+        """The first model: the one served when there is only one."""
+        return self.models[0]
 
 
 def embedded_model_path() -> Path:

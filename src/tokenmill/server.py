@@ -21,20 +21,21 @@ from fastapi import FastAPI
 
 from tokenmill.api.app import attach, create_app
 from tokenmill.api.lifecycle import Lifecycle, Phase
-from tokenmill.config import ServeConfig
+from tokenmill.config import ModelConfig, ServeConfig
 from tokenmill.engine.front import AsyncEngine
 from tokenmill.protocol.errors import SHUTTING_DOWN
 from tokenmill.runner.base import ModelRunner
 from tokenmill.runner.faults import FaultInjector
 from tokenmill.serving.common import ServingContext
-from tokenmill.serving.models import ModelRegistry
+from tokenmill.serving.models import ModelRegistry, ServedModels
 from tokenmill.serving.template import ChatTemplate
 from tokenmill.structured import GrammarCompiler, make_tokenizer
 from tokenmill.tenancy.auth import StaticKeys
 from tokenmill.tenancy.db import database_url, open_database, redact
 from tokenmill.tenancy.keys import KeyStore
 from tokenmill.tenancy.ledger import Ledger
-from tokenmill.tenancy.prices import PriceList
+from tokenmill.tenancy.limits import Limits
+from tokenmill.tenancy.prices import Price, PriceList
 from tokenmill.tenancy.service import Tenancy
 
 log = logging.getLogger("tokenmill")
@@ -45,18 +46,28 @@ EXIT_LOAD_FAILED = 1
 FAIL_GRACE = 5.0
 
 
-def build_context(config: ServeConfig) -> ServingContext:
+def build_models(config: ServeConfig) -> ServedModels:
+    """Load every model, each with its own engine (not started)."""
+    return ServedModels([build_context(config, model) for model in config.models])
+
+
+def build_context(config: ServeConfig, model: ModelConfig) -> ServingContext:
     from tokenmill.runner import kernels
 
     kernels.select(config.kernels)  # before llama_cpp is first imported, just below
     from tokenmill.runner.llama_cpp import LlamaRunner  # the only llama.cpp import
 
+    if model.replicas > 1:
+        log.warning(
+            "model %s: replicas = %d needs --ray; serving one replica",
+            model.model_id, model.replicas,
+        )  # fmt: skip
     llama = LlamaRunner(
-        config.model_path,
-        n_ctx=config.ctx_size,
-        n_threads=config.n_threads,
-        n_seq_max=config.engine.max_num_seqs,
-        n_batch=config.engine.max_batch_tokens,
+        model.path,
+        n_ctx=model.ctx_size,
+        n_threads=model.n_threads,
+        n_seq_max=model.engine.max_num_seqs,
+        n_batch=model.engine.max_batch_tokens,
         kernels=config.kernels,
         flash_attn=config.flash_attn,
     )
@@ -68,8 +79,10 @@ def build_context(config: ServeConfig) -> ServingContext:
         bos_token=info.special_texts.get(info.bos_id, "") if info.bos_id is not None else "",
         eos_token=info.special_texts.get(info.eos_id, "") if info.eos_id is not None else "",
     )
-    engine = AsyncEngine(runner, config.engine)
-    models = ModelRegistry(config.model_id, config.aliases, kernels=info.kernels)
+    engine = AsyncEngine(runner, model.engine)
+    models = ModelRegistry(
+        model.model_id, model.aliases, kernels=info.kernels, context_length=info.n_ctx
+    )
     # llguidance tokenizes grammar literals the way the model does.
     tokenizer = make_tokenizer(info, lambda s: runner.tokenize(s, False, False))
     grammars = GrammarCompiler(tokenizer)
@@ -80,7 +93,7 @@ def build_tenancy(config: ServeConfig) -> Tenancy:
     """Open the database, recover what a crash left pending, and say who may call."""
     db = open_database(config.db)
     log.info("keys and usage in %s", redact(database_url(config.db)))
-    ledger = Ledger(db, PriceList.load(config.prices))
+    ledger = Ledger(db, PriceList.load(config.prices).with_defaults(catalogue_prices(config)))
     interrupted = ledger.recover()
     if interrupted:
         log.warning("%d requests were cut short by a crash: marked interrupted", interrupted)
@@ -91,7 +104,21 @@ def build_tenancy(config: ServeConfig) -> Tenancy:
             "no API keys configured: the server accepts every request until a key is created "
             "(tokenmill keys create) or --api-key is given"
         )
-    return Tenancy(store, ledger, static, config.flex_timeout)
+    limits = {m.model_id: Limits(m.rpm, m.tpm) for m in config.models}
+    return Tenancy(store, ledger, static, config.flex_timeout, model_limits=limits)
+
+
+def catalogue_prices(config: ServeConfig) -> dict[str, Price]:
+    """The prices the catalogue gives its models (the --prices file wins where it lists one)."""
+    return {
+        m.model_id: Price(
+            input=m.price_prompt or 0.0,
+            output=m.price_completion or 0.0,
+            cached_input=m.price_cached_prompt,
+        )
+        for m in config.models
+        if m.price_prompt is not None or m.price_completion is not None
+    }
 
 
 def serve(config: ServeConfig) -> int:
@@ -137,7 +164,7 @@ class _Server(uvicorn.Server):
         self.lifecycle = lifecycle
         self.grace = grace
         self.exit_code = 0
-        self.engine: AsyncEngine | None = None
+        self.engines: list[AsyncEngine] = []
         self._aio: asyncio.AbstractEventLoop | None = None
         self._signals = 0
         self._drain_task: asyncio.Task[None] | None = None
@@ -152,32 +179,33 @@ class _Server(uvicorn.Server):
             return EXIT_LOAD_FAILED
         tenancy: Tenancy | None = None
         try:
-            ctx = await asyncio.to_thread(build_context, config)
+            served = await asyncio.to_thread(build_models, config)
             tenancy = await asyncio.to_thread(build_tenancy, config)
-            self._start(ctx, tenancy)
+            self._start(served, tenancy)
         except Exception:
-            log.exception("could not start serving %s", config.model_id)
+            log.exception("could not start serving %s", _names(config))
             self.exit_code = EXIT_LOAD_FAILED
             self.should_exit = True
         if self.exit_code == 0 and not self.should_exit:
             url = f"http://{config.host}:{config.port}/v1"
-            print(f"tokenmill ready: {url} serving {config.model_id}", flush=True)
+            print(f"tokenmill ready: {url} serving {_names(config)}", flush=True)
         try:
             await http
         finally:
             self.lifecycle.phase = Phase.STOPPED
-            if self.engine is not None:
-                await asyncio.to_thread(self.engine.stop)
+            for engine in self.engines:
+                await asyncio.to_thread(engine.stop)
             if tenancy is not None:
                 _finalize_ledger(tenancy.ledger)
         return self.exit_code
 
-    def _start(self, ctx: ServingContext, tenancy: Tenancy) -> None:
-        self.engine = ctx.engine
-        ctx.engine.loop.on_death = self._engine_died
+    def _start(self, served: ServedModels, tenancy: Tenancy) -> None:
+        self.engines = [ctx.engine for ctx in served]
         tenancy.ledger.start()
-        ctx.engine.start()
-        attach(self.app, ctx, tenancy)  # now requests may come
+        for engine in self.engines:
+            engine.loop.on_death = self._engine_died
+            engine.start()
+        attach(self.app, served, tenancy)  # now requests may come
 
     # -- signals and the drain (signal handlers run on the main thread, as the loop does) --
 
@@ -203,9 +231,10 @@ class _Server(uvicorn.Server):
     async def _drain(self, grace: float) -> None:
         self.lifecycle.drain()
         await self._wait_idle(grace)
-        if self.lifecycle.in_flight and self.engine is not None:
+        if self.lifecycle.in_flight and self.engines:
             log.warning("ending %d requests still running", self.lifecycle.in_flight)
-            self.engine.fail_all("The server is shutting down", SHUTTING_DOWN)
+            for engine in self.engines:
+                engine.fail_all("The server is shutting down", SHUTTING_DOWN)
             await self._wait_idle(FAIL_GRACE)
         self.should_exit = True
         if grace == 0.0:
@@ -227,6 +256,10 @@ class _Server(uvicorn.Server):
 
         if self._aio is not None:
             self._aio.call_soon_threadsafe(die)
+
+
+def _names(config: ServeConfig) -> str:
+    return ", ".join(m.model_id for m in config.models)
 
 
 def _finalize_ledger(ledger: Ledger) -> None:

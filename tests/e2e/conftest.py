@@ -17,6 +17,8 @@ import httpx
 import openai
 import pytest
 
+from tokenmill.bench.soak.probe import metric_sum
+
 API_KEY = "tm-test-key"
 MODEL = "smollm2-135m-instruct"
 ALIAS = "meta-llama/Meta-Llama-3.1-70B-Instruct"
@@ -82,10 +84,9 @@ def stop_server(server: Server) -> None:
 def engine_steps(root: str, key: str = API_KEY) -> int:
     """The engine's lifetime step count, from ``/metrics``."""
     r = httpx.get(f"{root}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=30)
-    for line in r.text.splitlines():
-        if line.startswith("tokenmill_engine_steps_total "):
-            return int(line.split()[1])
-    raise AssertionError(f"no step counter in /metrics: {r.text[:200]}")
+    steps = metric_sum(r.text, "tokenmill_engine_steps_total")
+    assert steps is not None, f"no step counter in /metrics: {r.text[:200]}"
+    return steps
 
 
 async def engine_goes_idle(root: str, within: float) -> None:

@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import MODEL, Server, start_server, stop_server
+from tokenmill.bench.soak.probe import metric_sum
 
 SYSTEM = (
     "You are the help desk of a small library. Opening hours are nine to five on weekdays "
@@ -123,9 +124,5 @@ def test_a_conversation_evicted_from_its_slot_is_restored_from_host_memory(
     # and the answer), which the other conversation had overwritten in the only slot.
     assert all(cached >= 60 for _, cached in got[2:])
     metrics = httpx.get(f"{one_slot.root}/metrics", timeout=10).text
-    restores = [
-        int(line.split()[-1])
-        for line in metrics.splitlines()
-        if line.startswith("tokenmill_host_cache_restores_total ")
-    ]
-    assert restores and restores[0] >= 2
+    restores = metric_sum(metrics, "tokenmill_host_cache_restores_total")
+    assert restores is not None and restores >= 2

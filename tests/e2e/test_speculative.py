@@ -48,7 +48,10 @@ def fast_spec() -> Iterator[Server]:
 
 def counters(server: Server) -> dict[str, int]:
     text = httpx.get(f"{server.root}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
-    return {m[1]: int(m[2]) for m in re.finditer(r"^tokenmill_(\w+)_total (\d+)$", text, re.M)}
+    return {
+        m[1]: int(m[2])
+        for m in re.finditer(r"^tokenmill_(\w+)_total(?:{[^}]*})? (\d+)$", text, re.M)
+    }
 
 
 def complete(server: Server, prompt: str, **kw: object) -> tuple[str, list[float] | None]:

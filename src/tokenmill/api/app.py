@@ -12,11 +12,12 @@ from tokenmill.api.metered import RawSend
 from tokenmill.api.middleware import BodySizeLimit, HeaderSizeLimit
 from tokenmill.api.routes import make_router
 from tokenmill.serving.common import ServingContext
+from tokenmill.serving.models import ServedModels
 from tokenmill.tenancy.service import Tenancy
 
 
 def create_app(
-    ctx: ServingContext | None,
+    ctx: ServingContext | ServedModels | None,
     tenancy: Tenancy | None,
     max_body_bytes: int,
     max_header_bytes: int = 16 * 1024,
@@ -55,8 +56,9 @@ def create_app(
     return app
 
 
-def attach(app: FastAPI, ctx: ServingContext, tenancy: Tenancy) -> None:
-    """Add the API routes (the model is loaded) and mark the server ready."""
-    app.include_router(make_router(ctx, tenancy))
+def attach(app: FastAPI, ctx: ServingContext | ServedModels, tenancy: Tenancy) -> None:
+    """Add the API routes (the models are loaded) and mark the server ready."""
+    served = ctx if isinstance(ctx, ServedModels) else ServedModels([ctx])
+    app.include_router(make_router(served, tenancy))
     app.openapi_schema = None  # a schema built while loading lacks these routes
-    app.state.lifecycle.ready(ctx.engine)
+    app.state.lifecycle.ready([c.engine for c in served])

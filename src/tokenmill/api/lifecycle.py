@@ -40,22 +40,25 @@ class Lifecycle:
     def __init__(self, stall_timeout: float = 60.0) -> None:
         self.phase = Phase.LOADING
         self.stall_timeout = stall_timeout
-        self.engine: AsyncEngine | None = None
+        self.engines: list[AsyncEngine] = []
         self.in_flight = 0  # requests inside the app, probes excepted
         self.started_at = time.monotonic()
 
-    def ready(self, engine: AsyncEngine) -> None:
-        self.engine, self.phase = engine, Phase.READY
+    def ready(self, engines: list[AsyncEngine]) -> None:
+        self.engines, self.phase = engines, Phase.READY
 
     def drain(self) -> None:
         if self.phase in (Phase.LOADING, Phase.READY):
             self.phase = Phase.DRAINING
 
     def problem(self) -> str | None:
-        """Why the process should be restarted, if it should."""
-        if self.engine is None:
-            return None  # still loading (or failed to load, and exiting anyway)
-        return self.engine.health(self.stall_timeout)
+        """Why the process should be restarted, if it should (no engines yet: still loading,
+        or failed to load and exiting anyway)."""
+        for engine in self.engines:
+            problem = engine.health(self.stall_timeout)
+            if problem is not None:
+                return problem
+        return None
 
     def liveness(self) -> tuple[int, dict[str, Any]]:
         problem = self.problem()

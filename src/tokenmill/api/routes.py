@@ -24,6 +24,7 @@ from tokenmill.protocol.requests import (
 from tokenmill.serving.chat import create_chat_completion
 from tokenmill.serving.common import RequestMeter, ServingContext
 from tokenmill.serving.completions import create_completion
+from tokenmill.serving.models import ServedModels
 from tokenmill.structured.errors import StructuredError
 from tokenmill.tenancy.ledger import CANCELLED, ERROR, FINISHED
 from tokenmill.tenancy.service import Principal, Tenancy
@@ -73,11 +74,11 @@ async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
     return Response(status_code=499)
 
 
-def make_router(ctx: ServingContext, tenancy: Tenancy) -> APIRouter:
-    routes = _Routes(ctx, tenancy)
+def make_router(served: ServedModels, tenancy: Tenancy) -> APIRouter:
+    routes = _Routes(served, tenancy)
     router = APIRouter()
     router.add_api_route("/metrics", routes.metrics, methods=["GET"])
-    if ctx.faults is not None:
+    if any(ctx.faults is not None for ctx in served):
         router.add_api_route("/internal/faults", routes.arm_fault, methods=["POST"])
     router.add_api_route("/v1/models", routes.list_models, methods=["GET"])
     router.add_api_route("/v1/models/{model_id:path}", routes.get_model, methods=["GET"])
@@ -88,10 +89,10 @@ def make_router(ctx: ServingContext, tenancy: Tenancy) -> APIRouter:
 
 
 class _Routes:
-    """The endpoints, over one serving context and one tenancy."""
+    """The endpoints, over the served models and one tenancy."""
 
-    def __init__(self, ctx: ServingContext, tenancy: Tenancy) -> None:
-        self.ctx, self.tenancy = ctx, tenancy
+    def __init__(self, served: ServedModels, tenancy: Tenancy) -> None:
+        self.served, self.tenancy = served, tenancy
 
     async def authenticate(self, request: Request) -> Principal:
         return await self.tenancy.authenticate(
@@ -99,16 +100,21 @@ class _Routes:
         )
 
     async def metrics(self, request: Request) -> Response:
-        """Engine counters and gauges in Prometheus' text format."""
+        """Engine counters and gauges in Prometheus' text format, one series per model."""
         await self.authenticate(request)
-        engine = self.ctx.engine
-        lines = [
-            f"# TYPE tokenmill_{name}_total counter\ntokenmill_{name}_total {value}"
-            for name, value in engine.stats().items()
-        ] + [
-            f"# TYPE tokenmill_{name} gauge\ntokenmill_{name} {value}"
-            for name, value in engine.gauges().items()
-        ]
+        series: dict[str, list[str]] = {}
+        for ctx in self.served:
+            label = f'{{model="{ctx.models.model_id}"}}'
+            engine = ctx.engine
+            for name, value in engine.stats().items():
+                series.setdefault(f"tokenmill_{name}_total counter", []).append(
+                    f"tokenmill_{name}_total{label} {value}"
+                )
+            for name, value in engine.gauges().items():
+                series.setdefault(f"tokenmill_{name} gauge", []).append(
+                    f"tokenmill_{name}{label} {value}"
+                )
+        lines = [f"# TYPE {head}\n" + "\n".join(rows) for head, rows in series.items()]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     async def arm_fault(self, request: Request) -> dict[str, Any]:
@@ -117,18 +123,17 @@ class _Routes:
         if principal.caller.projects is not None:
             raise Forbidden("Only admin keys may inject faults.")
         req = await parse_body(request, FaultRequest)
-        faults = self.ctx.faults
-        assert faults is not None
+        faults = next(ctx.faults for ctx in self.served if ctx.faults is not None)
         faults.arm(req.kind, req.count, req.seconds, req.skip)
         return {"armed": req.model_dump(), "fired": faults.fired}
 
     async def list_models(self, request: Request) -> dict[str, Any]:
         await self.authenticate(request)
-        return self.ctx.models.list()
+        return self.served.list()
 
     async def get_model(self, model_id: str, request: Request) -> dict[str, Any]:
         await self.authenticate(request)
-        return self.ctx.models.card(self.ctx.models.resolve(model_id, param=None))
+        return self.served.card(model_id)
 
     async def chat(self, request: Request) -> Response:
         return await self.generate(request, ChatCompletionRequest, "chat", create_chat_completion)
@@ -141,10 +146,9 @@ class _Routes:
     ) -> Response:
         """Authenticate, validate, admit, then stream, or answer unless the client leaves
         first; the request's meter is closed on every path."""
-        ctx = self.ctx
         principal = await self.authenticate(request)
         req = await parse_body(request, model)
-        served_as = ctx.models.resolve(req.model)  # 404 before anything is reserved
+        ctx, served_as = self.served.resolve(req.model)  # 404 before anything is reserved
         usage = self.tenancy.meter(
             principal, ctx.models.model_id, req.model, req.service_tier, kind, req.user
         )

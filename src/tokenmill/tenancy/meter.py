@@ -36,6 +36,7 @@ class Meter:
         self.endpoint, self.user = endpoint, user
         self.candidates = candidates(requested_tier, principal.caller.tiers)  # 403 if not granted
         self.tier = self.candidates[0]
+        self.limits = tenancy.limits_for(principal.caller, model)
         self.request_id: str | None = None
         self.snapshot: Snapshot | None = None
         self.reservation: Reservation | None = None
@@ -101,7 +102,7 @@ class Meter:
 
     def headers(self) -> dict[str, str]:
         """The ``x-ratelimit-*`` headers: as of admission, or now if not admitted."""
-        snap = self.snapshot or self.tenancy.limiter.peek(self.bucket, self.principal.caller.limits)
+        snap = self.snapshot or self.tenancy.limiter.peek(self.bucket, self.limits)
         return snap.headers() if snap is not None else {}
 
     def close(self, status: str) -> None:
@@ -126,18 +127,17 @@ class Meter:
         )  # fmt: skip
 
     def _check_limits(self, tokens: int) -> None:
-        caller = self.principal.caller
         refused: Decision | None = None
         for tier in self.candidates:
             d = self.tenancy.limiter.admit(
-                self.bucket, caller.limits, tokens, enforce=tier in ENFORCED, count=tier in COUNTED
+                self.bucket, self.limits, tokens, enforce=tier in ENFORCED, count=tier in COUNTED
             )
             if d.admitted:
                 self.tier, self.reservation, self.snapshot = tier, d.reservation, d.snapshot
                 return
             refused = refused or d
         assert refused is not None
-        raise _rate_limited(refused, caller.limits.rpm, caller.limits.tpm, tokens, self.model)
+        raise _rate_limited(refused, self.limits.rpm, self.limits.tpm, tokens, self.model)
 
 
 def _rate_limited(

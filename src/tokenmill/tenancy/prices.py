@@ -42,6 +42,10 @@ class PriceList:
             raise ValueError("flex_discount must be between 0 and 1")
         return cls(models, discount)
 
+    def with_defaults(self, prices: dict[str, Price]) -> PriceList:
+        """These prices for the models this list does not price itself."""
+        return PriceList({**prices, **self.models}, self.flex_discount)
+
     def cost(self, model: str, tier: str, prompt: int, cached: int, completion: int) -> float:
         price = self.models.get(model)
         if price is None:

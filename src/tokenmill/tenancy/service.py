@@ -42,9 +42,12 @@ class Tenancy:
         ledger: Ledger,
         static: StaticKeys,
         flex_timeout: float,
+        model_limits: dict[str, Limits] | None = None,
     ) -> None:
         self.store, self.ledger, self.static = store, ledger, static
         self.flex_timeout = flex_timeout
+        # Per served model id: the limits of keys that set none of their own.
+        self.model_limits = model_limits or {}
         self.limiter = RateLimiter()
         self._closed = not static.open  # once a key exists the server never reopens
 
@@ -97,3 +100,15 @@ class Tenancy:
                 f"This API key may not use model {asked_as!r}.", "model", code="model_not_allowed"
             )
         return Meter(self, principal, model, tier, endpoint, user)
+
+    def limits_for(self, caller: Caller, model: str) -> Limits:
+        """A key's own limits, each one it leaves unset taken from the model's defaults;
+        admin callers (static keys, an open server) have none."""
+        if caller.projects is None:
+            return caller.limits
+        default = self.model_limits.get(model, Limits())
+        own = caller.limits
+        return Limits(
+            own.rpm if own.rpm is not None else default.rpm,
+            own.tpm if own.tpm is not None else default.tpm,
+        )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -60,18 +61,20 @@ async def sample(client: httpx.AsyncClient, served: Served, t: float) -> Sample:
             f"{served.root}/metrics", headers={"Authorization": f"Bearer {BENCH_KEY}"}
         )
         if r.status_code == 200:
-            steps = _counter(r.text, "tokenmill_engine_steps_total")
-            host_cache = _counter(r.text, "tokenmill_host_cache_bytes") or 0
+            steps = metric_sum(r.text, "tokenmill_engine_steps_total")
+            host_cache = metric_sum(r.text, "tokenmill_host_cache_bytes") or 0
     except httpx.HTTPError:
         pass
     return Sample(t, rss, fds, health, alive, steps, host_cache // 1024)
 
 
-def _counter(text: str, name: str) -> int | None:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return int(float(line.split()[1]))
-    return None
+def metric_sum(text: str, name: str) -> int | None:
+    """The sum of a Prometheus metric's series (one per model) in ``/metrics`` text, or None
+    if it has none."""
+    values = [
+        float(m[1]) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+    ]
+    return int(sum(values)) if values else None
 
 
 async def watch(
