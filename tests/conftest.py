@@ -1,5 +1,6 @@
 """``db_url``: a fresh database for each test, SQLite always and PostgreSQL where
-``TOKENMILL_TEST_DATABASE_URL`` names a server we may create databases on."""
+``TOKENMILL_TEST_DATABASE_URL`` names a server we may create databases on; ``redis_url``
+where ``TOKENMILL_TEST_REDIS_URL`` names a Redis server."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 PG_ENV = "TOKENMILL_TEST_DATABASE_URL"
+REDIS_ENV = "TOKENMILL_TEST_REDIS_URL"
 E2E_DIR = Path(__file__).parent / "e2e"
 
 
@@ -54,3 +56,19 @@ def _fresh_postgres(base: str) -> Iterator[str]:
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A Redis server for shared rate limits (``.ci/redis.sh`` starts one), flushed of
+    earlier tests' windows by each test's own key prefix."""
+    url = os.environ.get(REDIS_ENV)
+    if not url:
+        pytest.skip(f"{REDIS_ENV} is not set: no Redis to test on")
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as e:
+        pytest.skip(f"Redis at {url} unusable: {e}")
+    return url

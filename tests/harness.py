@@ -25,7 +25,7 @@ from tokenmill.tenancy.auth import StaticKeys
 from tokenmill.tenancy.db import open_database
 from tokenmill.tenancy.keys import KeyStore
 from tokenmill.tenancy.ledger import Ledger
-from tokenmill.tenancy.limits import Limits
+from tokenmill.tenancy.limits import Limiter, Limits
 from tokenmill.tenancy.prices import PriceList
 from tokenmill.tenancy.schema import UsageRow
 from tokenmill.tenancy.service import Tenancy
@@ -55,6 +55,8 @@ class AppStack:
         aliases: dict[str, tuple[str, ...]] | None = None,
         model_limits: dict[str, Limits] | None = None,
         prices: PriceList | None = None,
+        limiter: Limiter | None = None,
+        db_name: str = "t.db",
     ) -> None:
         self.runner = runner or FakeRunner()
         self.faults = FaultInjector(self.runner)
@@ -67,11 +69,16 @@ class AppStack:
             _context(name, r, config, names.get(name, ()))
             for name, r in (more_models or {}).items()
         ]
-        self.db = open_database(str(tmp / "t.db"))
+        self.db = open_database(str(tmp / db_name))
         self.ledger = Ledger(self.db, prices)
         self.keys = KeyStore(self.db)  # for tests that create projects and keys
         self.tenancy = Tenancy(
-            self.keys, self.ledger, StaticKeys(api_keys), flex_timeout, model_limits=model_limits
+            self.keys,
+            self.ledger,
+            StaticKeys(api_keys),
+            flex_timeout,
+            model_limits=model_limits,
+            limiter=limiter,
         )
         served = ServedModels(self.contexts)
         self.app = create_app(served, self.tenancy, max_body_bytes, cors_origins=cors_origins)

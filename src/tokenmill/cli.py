@@ -18,6 +18,7 @@ from tokenmill.config import (
     env_api_keys,
     env_db,
     env_prices,
+    env_redis,
 )
 from tokenmill.tenancy import admin
 
@@ -80,11 +81,32 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="llama.cpp's flash attention (default auto: llama.cpp decides; off with "
         "--deterministic)",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="serve on Ray Serve: connect to the Ray cluster at ADDRESS (e.g. auto or "
+        "ray://head:10001), or start a local one; each model's `replicas` run as engine "
+        "replicas behind an ingress (docs/scale-out.md)",
+    )
+    p.add_argument(
+        "--ingress-replicas",
+        type=int,
+        default=1,
+        help="with --ray: replicas of the HTTP ingress (rate limits shared through --redis)",
+    )
     _engine_flags(p)
     _http_flags(p)
     p.add_argument("--log-level", default=_SERVE.log_level)
     admin.add_db_argument(p)
     p.add_argument("--prices", help="JSON file of per-model prices (also TOKENMILL_PRICES)")
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="keep rate-limit windows in Redis, shared by every server using it (also "
+        "TOKENMILL_REDIS); default: this process's memory",
+    )
     # For tests: admin keys may POST /internal/faults to make the next decodes fail.
     p.add_argument("--fault-injection", action="store_true", help=argparse.SUPPRESS)
 
@@ -221,6 +243,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         log_level=args.log_level,
         db=args.db or env_db(),
         prices=args.prices or env_prices(),
+        redis=args.redis or env_redis(),
         flex_timeout=args.flex_timeout,
         max_header_bytes=args.max_header_bytes,
         cors_origins=tuple(args.cors_origin),
@@ -240,9 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     admin.add_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
+        config = config_from_args(args)
+        if args.ray is not None:
+            if args.ingress_replicas < 1:
+                raise SystemExit("tokenmill: --ingress-replicas must be at least 1")
+            from tokenmill.fleet.deploy import run as run_on_ray
+
+            return run_on_ray(config, args.ray or None, args.ingress_replicas)
         from tokenmill.server import serve
 
-        return serve(config_from_args(args))
+        return serve(config)
     if args.command == "bench":
         from tokenmill.bench.main import run as run_bench
 

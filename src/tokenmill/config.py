@@ -99,6 +99,8 @@ class ServeConfig:
     log_level: str = "info"
     db: str = ""  # SQLite file or database URL; "": the default file under the user data dir
     prices: str = ""  # JSON file of per-model prices; "": everything costs 0
+    # Redis URL for rate-limit windows shared by several servers; "": this process's memory.
+    redis: str = ""
     flex_timeout: float = 300.0  # seconds a flex request may wait for its first token
     max_header_bytes: int = 16 * 1024
     cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are given
@@ -135,6 +137,11 @@ def env_api_keys() -> tuple[str, ...]:
 def env_db() -> str:
     """``TOKENMILL_DB``: a SQLite file path or a database URL."""
     return os.environ.get("TOKENMILL_DB", "")
+
+
+def env_redis() -> str:
+    """``TOKENMILL_REDIS``: the Redis URL for shared rate limits."""
+    return os.environ.get("TOKENMILL_REDIS", "")
 
 
 def env_prices() -> str:

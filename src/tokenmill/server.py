@@ -22,9 +22,10 @@ from fastapi import FastAPI
 from tokenmill.api.app import attach, create_app
 from tokenmill.api.lifecycle import Lifecycle, Phase
 from tokenmill.config import ModelConfig, ServeConfig
+from tokenmill.engine.client import EngineClient
 from tokenmill.engine.front import AsyncEngine
 from tokenmill.protocol.errors import SHUTTING_DOWN
-from tokenmill.runner.base import ModelRunner
+from tokenmill.runner.base import ModelInfo, ModelRunner, Tokenizer
 from tokenmill.runner.faults import FaultInjector
 from tokenmill.serving.common import ServingContext
 from tokenmill.serving.models import ModelRegistry, ServedModels
@@ -46,22 +47,26 @@ EXIT_LOAD_FAILED = 1
 FAIL_GRACE = 5.0
 
 
-def build_models(config: ServeConfig) -> ServedModels:
+def build_models(config: ServeConfig) -> tuple[ServedModels, list[AsyncEngine]]:
     """Load every model, each with its own engine (not started)."""
-    return ServedModels([build_context(config, model) for model in config.models])
+    contexts, engines = [], []
+    for model in config.models:
+        ctx, engine = build_context(config, model)
+        contexts.append(ctx)
+        engines.append(engine)
+    return ServedModels(contexts), engines
 
 
-def build_context(config: ServeConfig, model: ModelConfig) -> ServingContext:
+def load_runner(
+    config: ServeConfig, model: ModelConfig
+) -> tuple[ModelRunner, FaultInjector | None]:
+    """Load ``model`` in llama.cpp with the process's kernels (wrapped for fault injection
+    when the tests ask for it)."""
     from tokenmill.runner import kernels
 
     kernels.select(config.kernels)  # before llama_cpp is first imported, just below
     from tokenmill.runner.llama_cpp import LlamaRunner  # the only llama.cpp import
 
-    if model.replicas > 1:
-        log.warning(
-            "model %s: replicas = %d needs --ray; serving one replica",
-            model.model_id, model.replicas,
-        )  # fmt: skip
     llama = LlamaRunner(
         model.path,
         n_ctx=model.ctx_size,
@@ -72,29 +77,49 @@ def build_context(config: ServeConfig, model: ModelConfig) -> ServingContext:
         flash_attn=config.flash_attn,
     )
     faults = FaultInjector(llama) if config.fault_injection else None
-    runner: ModelRunner = faults or llama
-    info = runner.info
+    return faults or llama, faults
+
+
+def serving_context(
+    model: ModelConfig,
+    engine: EngineClient,
+    info: ModelInfo,
+    tokenizer: Tokenizer,
+    faults: FaultInjector | None = None,
+) -> ServingContext:
+    """What the HTTP side needs to serve ``model`` on ``engine``: names, chat template,
+    tokenizer and grammar compiler."""
     template = ChatTemplate(
         info.chat_template,
         bos_token=info.special_texts.get(info.bos_id, "") if info.bos_id is not None else "",
         eos_token=info.special_texts.get(info.eos_id, "") if info.eos_id is not None else "",
     )
-    engine = AsyncEngine(runner, model.engine)
     models = ModelRegistry(
         model.model_id, model.aliases, kernels=info.kernels, context_length=info.n_ctx
     )
     # llguidance tokenizes grammar literals the way the model does.
-    tokenizer = make_tokenizer(info, lambda s: runner.tokenize(s, False, False))
-    grammars = GrammarCompiler(tokenizer)
-    return ServingContext(engine, models, template, runner, grammars, faults)
+    grammars = GrammarCompiler(make_tokenizer(info, lambda s: tokenizer.tokenize(s, False, False)))
+    return ServingContext(engine, models, template, tokenizer, grammars, faults)
 
 
-def build_tenancy(config: ServeConfig) -> Tenancy:
-    """Open the database, recover what a crash left pending, and say who may call."""
+def build_context(config: ServeConfig, model: ModelConfig) -> tuple[ServingContext, AsyncEngine]:
+    if model.replicas > 1:
+        log.warning(
+            "model %s: replicas = %d needs --ray; serving one replica",
+            model.model_id, model.replicas,
+        )  # fmt: skip
+    runner, faults = load_runner(config, model)
+    engine = AsyncEngine(runner, model.engine)
+    return serving_context(model, engine, runner.info, runner, faults), engine
+
+
+def build_tenancy(config: ServeConfig, recover: bool = True) -> Tenancy:
+    """Open the database, recover what a crash left pending (unless another process does:
+    Ray ingress replicas share the database), and say who may call."""
     db = open_database(config.db)
     log.info("keys and usage in %s", redact(database_url(config.db)))
     ledger = Ledger(db, PriceList.load(config.prices).with_defaults(catalogue_prices(config)))
-    interrupted = ledger.recover()
+    interrupted = ledger.recover() if recover else 0
     if interrupted:
         log.warning("%d requests were cut short by a crash: marked interrupted", interrupted)
     store = KeyStore(db)
@@ -105,7 +130,14 @@ def build_tenancy(config: ServeConfig) -> Tenancy:
             "(tokenmill keys create) or --api-key is given"
         )
     limits = {m.model_id: Limits(m.rpm, m.tpm) for m in config.models}
-    return Tenancy(store, ledger, static, config.flex_timeout, model_limits=limits)
+    limiter = None
+    if config.redis:
+        from tokenmill.tenancy.redis_limits import RedisRateLimiter
+
+        limiter = RedisRateLimiter(config.redis)
+        limiter.ping()  # unreachable: fail now, not at the first limited request
+        log.info("rate limits in Redis at %s", redact(config.redis))
+    return Tenancy(store, ledger, static, config.flex_timeout, model_limits=limits, limiter=limiter)
 
 
 def catalogue_prices(config: ServeConfig) -> dict[str, Price]:
@@ -179,9 +211,9 @@ class _Server(uvicorn.Server):
             return EXIT_LOAD_FAILED
         tenancy: Tenancy | None = None
         try:
-            served = await asyncio.to_thread(build_models, config)
+            served, engines = await asyncio.to_thread(build_models, config)
             tenancy = await asyncio.to_thread(build_tenancy, config)
-            self._start(served, tenancy)
+            self._start(served, engines, tenancy)
         except Exception:
             log.exception("could not start serving %s", _names(config))
             self.exit_code = EXIT_LOAD_FAILED
@@ -196,11 +228,11 @@ class _Server(uvicorn.Server):
             for engine in self.engines:
                 await asyncio.to_thread(engine.stop)
             if tenancy is not None:
-                _finalize_ledger(tenancy.ledger)
+                finalize_ledger(tenancy.ledger)
         return self.exit_code
 
-    def _start(self, served: ServedModels, tenancy: Tenancy) -> None:
-        self.engines = [ctx.engine for ctx in served]
+    def _start(self, served: ServedModels, engines: list[AsyncEngine], tenancy: Tenancy) -> None:
+        self.engines = engines
         tenancy.ledger.start()
         for engine in self.engines:
             engine.loop.on_death = self._engine_died
@@ -262,7 +294,7 @@ def _names(config: ServeConfig) -> str:
     return ", ".join(m.model_id for m in config.models)
 
 
-def _finalize_ledger(ledger: Ledger) -> None:
+def finalize_ledger(ledger: Ledger) -> None:
     """Write what is queued, then end any row still open (a request cut off without its
     meter closing) as interrupted: none may stay pending."""
     ledger.stop()

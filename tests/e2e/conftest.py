@@ -38,7 +38,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(*extra: str, env: dict[str, str] | None = None) -> Server:
+def start_server(*extra: str, env: dict[str, str] | None = None, timeout: float = 120) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "tokenmill", "serve", "--port", str(port), *extra]
     env = {**os.environ, **(env or {})}
@@ -48,7 +48,7 @@ def start_server(*extra: str, env: dict[str, str] | None = None) -> Server:
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
-    deadline = time.time() + 120
+    deadline = time.time() + timeout
     assert proc.stdout is not None
     lines: list[str] = []
     while time.time() < deadline:
@@ -73,10 +73,10 @@ def start_server(*extra: str, env: dict[str, str] | None = None) -> Server:
     raise RuntimeError("server did not start:\n" + "".join(lines))
 
 
-def stop_server(server: Server) -> None:
+def stop_server(server: Server, timeout: float = 15) -> None:
     server.proc.terminate()
     try:
-        server.proc.wait(timeout=15)
+        server.proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         server.proc.kill()
 

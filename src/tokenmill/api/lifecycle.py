@@ -17,7 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenmill.api.middleware import reject
-from tokenmill.engine.front import AsyncEngine
+from tokenmill.engine.client import EngineClient
 from tokenmill.protocol.errors import SHUTDOWN_RETRY_AFTER, SHUTTING_DOWN, ServiceUnavailable
 
 PROBES = frozenset({"/health", "/ready"})
@@ -40,11 +40,11 @@ class Lifecycle:
     def __init__(self, stall_timeout: float = 60.0) -> None:
         self.phase = Phase.LOADING
         self.stall_timeout = stall_timeout
-        self.engines: list[AsyncEngine] = []
+        self.engines: list[EngineClient] = []
         self.in_flight = 0  # requests inside the app, probes excepted
         self.started_at = time.monotonic()
 
-    def ready(self, engines: list[AsyncEngine]) -> None:
+    def ready(self, engines: list[EngineClient]) -> None:
         self.engines, self.phase = engines, Phase.READY
 
     def drain(self) -> None:

@@ -76,6 +76,9 @@ class PayloadTooLarge(APIError):
 
 SHUTTING_DOWN = "shutting_down"  # the error code of requests refused or ended by a shutdown
 SHUTDOWN_RETRY_AFTER = "5"
+# The engine replica running a request was lost (Ray Serve replaces it): retry.
+REPLICA_LOST = "replica_unavailable"
+ENGINE_OVERLOADED = "engine_overloaded"
 
 
 class ServiceUnavailable(APIError):
@@ -87,7 +90,7 @@ class ServiceUnavailable(APIError):
 class Overloaded(ServiceUnavailable):
     """The engine's waiting queue is full: the server's problem, so 503 and not 429."""
 
-    default_code = "engine_overloaded"
+    default_code = ENGINE_OVERLOADED
 
 
 class QueueTimeout(ServiceUnavailable):

@@ -177,15 +177,7 @@ class LlamaRunner:
         return buf.raw[: max(n, 0)]
 
     def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        out = (L.llama_token * cap)()
-        n = L.llama_tokenize(self._vocab, data, len(data), out, cap, add_special, parse_special)
-        if n < 0:
-            cap = -n
-            out = (L.llama_token * cap)()
-            n = L.llama_tokenize(self._vocab, data, len(data), out, cap, add_special, parse_special)
-        return list(out[:n])
+        return _tokenize(self._vocab, text, add_special, parse_special)
 
     # -- KV slots ---------------------------------------------------------------------------
 
@@ -286,6 +278,35 @@ class LlamaRunner:
         if self._model:
             L.llama_model_free(self._model)
             self._model = None
+
+
+class LlamaVocab:
+    """A model's tokenizer alone (llama.cpp's ``vocab_only``: no weights, no context), for
+    a process that prepares requests for engines running elsewhere (the Ray ingress)."""
+
+    def __init__(self, path: str) -> None:
+        _init_backend()
+        mparams = L.llama_model_default_params()
+        mparams.vocab_only = True
+        self._model = L.llama_model_load_from_file(path.encode(), mparams)
+        if not self._model:
+            raise RuntimeError(f"llama.cpp could not load the vocabulary of {path}")
+        self._vocab = L.llama_model_get_vocab(self._model)
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        return _tokenize(self._vocab, text, add_special, parse_special)
+
+
+def _tokenize(vocab: Any, text: str, add_special: bool, parse_special: bool) -> list[int]:
+    data = text.encode("utf-8")
+    cap = len(data) + 8
+    out = (L.llama_token * cap)()
+    n = L.llama_tokenize(vocab, data, len(data), out, cap, add_special, parse_special)
+    if n < 0:
+        cap = -n
+        out = (L.llama_token * cap)()
+        n = L.llama_tokenize(vocab, data, len(data), out, cap, add_special, parse_special)
+    return list(out[:n])
 
 
 def _u8p(buf: npt.NDArray[np.uint8]) -> Any:

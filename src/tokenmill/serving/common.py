@@ -10,9 +10,11 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tokenmill.engine.front import AsyncEngine
+from tokenmill.engine.client import EngineClient
 from tokenmill.engine.messages import ChoiceDelta, EngineRequest, RequestOutput
 from tokenmill.protocol.errors import (
+    ENGINE_OVERLOADED,
+    REPLICA_LOST,
     SHUTDOWN_RETRY_AFTER,
     SHUTTING_DOWN,
     APIError,
@@ -37,7 +39,7 @@ from tokenmill.structured.compiler import GrammarCompiler
 class ServingContext:
     """Everything a handler needs, built once at start-up."""
 
-    engine: AsyncEngine
+    engine: EngineClient
     models: ModelRegistry
     template: ChatTemplate
     tokenizer: Tokenizer  # the model's, safe to call from the event loop
@@ -63,8 +65,10 @@ class UsageMeter(Protocol):
         """Admit (or raise 429/503) and return ``(service tier used, engine priority)``."""
         ...
 
-    def observe(self, index: int, new_tokens: int, cached_tokens: int, failed: bool) -> None:
-        """One output of engine request ``index``."""
+    def observe(
+        self, index: int, new_tokens: int, cached_tokens: int, failed: bool, code: str | None
+    ) -> None:
+        """One output of engine request ``index``; ``failed`` with the error's ``code``."""
         ...
 
     def headers(self) -> dict[str, str]:
@@ -88,7 +92,7 @@ class RequestMeter:
     its sequences from the bound (503 past it) before tenancy admits it, and ``close`` gives
     them back, once, however the request ended. The route closes it on every path."""
 
-    def __init__(self, usage: UsageMeter, engine: AsyncEngine) -> None:
+    def __init__(self, usage: UsageMeter, engine: EngineClient) -> None:
         self.usage = usage
         self.engine = engine
         self._seqs = 0
@@ -110,7 +114,7 @@ class RequestMeter:
 
     def observe(self, index: int, out: RequestOutput) -> None:
         new = sum(len(d.token_ids) for d in out.deltas)
-        self.usage.observe(index, new, out.num_cached_tokens, out.error is not None)
+        self.usage.observe(index, new, out.num_cached_tokens, out.error is not None, out.error_code)
 
     @property
     def first_output_timeout(self) -> float | None:
@@ -285,7 +289,7 @@ class ChoiceState:
 
 
 async def run_all(
-    engine: AsyncEngine, requests: list[EngineRequest], meter: RequestMeter | None = None
+    engine: EngineClient, requests: list[EngineRequest], meter: RequestMeter | None = None
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
     """Run several engine requests at once; yield ``(request index, output)`` as they come,
     each first shown to ``meter``.
@@ -318,7 +322,7 @@ async def run_all(
 
 
 async def _merged(
-    engine: AsyncEngine, requests: list[EngineRequest]
+    engine: EngineClient, requests: list[EngineRequest]
 ) -> AsyncGenerator[tuple[int, RequestOutput], None]:
     if len(requests) == 1:
         async for out in engine.generate(requests[0]):
@@ -366,11 +370,16 @@ async def _first_within(
 
 
 def _raise_if_failed(out: RequestOutput) -> None:
-    if out.error_code == SHUTTING_DOWN:
+    if out.error_code in (SHUTTING_DOWN, REPLICA_LOST):
         raise ServiceUnavailable(
             f"{out.error}: retry on another replica or later",
-            code=SHUTTING_DOWN,
+            code=out.error_code,
             headers={"retry-after": SHUTDOWN_RETRY_AFTER},
+        )
+    if out.error_code == ENGINE_OVERLOADED:
+        raise Overloaded(
+            f"The server is overloaded: {out.error}. Please retry shortly.",
+            headers={"retry-after": OVERLOAD_RETRY_AFTER},
         )
     if out.error:
         raise EngineFailed(f"generation failed: {out.error}")

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 WINDOW = 60.0  # seconds
 
@@ -88,10 +89,29 @@ class Snapshot:
 @dataclass(frozen=True)
 class Decision:
     admitted: bool
-    reservation: Reservation | None = None
+    # The limiter's handle on the place taken (given back to ``settle``); None if not counted.
+    reservation: Any = None
     snapshot: Snapshot | None = None
     limited_by: str | None = None  # "requests" or "tokens" when refused
     retry_after: float | None = None  # None when waiting cannot help (request too large)
+
+
+class Limiter(Protocol):
+    """What the meter needs of a limiter: this process's (``RateLimiter``) or a fleet's
+    (``redis_limits.RedisRateLimiter``)."""
+
+    def admit(
+        self,
+        bucket: tuple[str, str],
+        limits: Limits,
+        tokens: int,
+        enforce: bool = True,
+        count: bool = True,
+    ) -> Decision: ...
+
+    def settle(self, res: Any, tokens: int) -> None: ...
+
+    def peek(self, bucket: tuple[str, str], limits: Limits) -> Snapshot | None: ...
 
 
 class RateLimiter:
@@ -129,8 +149,9 @@ class RateLimiter:
                 window.tokens += tokens
             return Decision(True, res, window.snapshot(limits, now))
 
-    def settle(self, res: Reservation, tokens: int) -> None:
+    def settle(self, res: Any, tokens: int) -> None:
         """Replace the reserved count with the real one."""
+        assert isinstance(res, Reservation)
         with self._lock:
             if res.live:
                 res.window.tokens += tokens - res.tokens

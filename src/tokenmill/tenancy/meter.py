@@ -8,9 +8,9 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from tokenmill.protocol.errors import RateLimited, ServiceUnavailable
-from tokenmill.tenancy.ledger import ERROR, TIMEOUT, Opening, Tokens
-from tokenmill.tenancy.limits import Decision, Reservation, Snapshot
+from tokenmill.protocol.errors import REPLICA_LOST, RateLimited, ServiceUnavailable
+from tokenmill.tenancy.ledger import ERROR, INTERRUPTED, TIMEOUT, Opening, Tokens
+from tokenmill.tenancy.limits import Decision, Snapshot
 from tokenmill.tenancy.tiers import COUNTED, ENFORCED, PRIORITY, candidates
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class Meter:
         self.limits = tenancy.limits_for(principal.caller, model)
         self.request_id: str | None = None
         self.snapshot: Snapshot | None = None
-        self.reservation: Reservation | None = None
+        self.reservation: object | None = None  # the limiter's, for settling
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached: dict[int, int] = {}  # per engine request: the last count reported
@@ -79,13 +79,15 @@ class Meter:
             raise ServiceUnavailable("The usage ledger is unavailable; try again later.") from e
         return self.tier, PRIORITY[self.tier]
 
-    def observe(self, index: int, new_tokens: int, cached_tokens: int, failed: bool) -> None:
+    def observe(
+        self, index: int, new_tokens: int, cached_tokens: int, failed: bool, code: str | None
+    ) -> None:
         self.cached[index] = cached_tokens
         self.completion_tokens += new_tokens
         if new_tokens and self.first_token_at is None:
             self.first_token_at = time.time()
-        if failed:
-            self.failure = ERROR
+        if failed:  # a lost replica is the server dying under the request, not an error of it
+            self.failure = INTERRUPTED if code == REPLICA_LOST else ERROR
         now = time.monotonic()
         if self.request_id and now - self._last_progress >= PROGRESS_EVERY:
             self._last_progress = now

@@ -11,7 +11,7 @@ from tokenmill.tenancy.auth import StaticKeys, bearer_token
 from tokenmill.tenancy.db import DEFAULT_PROJECT
 from tokenmill.tenancy.keys import Caller, KeyRefused, KeyStore
 from tokenmill.tenancy.ledger import Ledger
-from tokenmill.tenancy.limits import Limits, RateLimiter
+from tokenmill.tenancy.limits import Limiter, Limits, RateLimiter
 from tokenmill.tenancy.meter import Meter
 from tokenmill.tenancy.tiers import TIERS
 
@@ -43,12 +43,14 @@ class Tenancy:
         static: StaticKeys,
         flex_timeout: float,
         model_limits: dict[str, Limits] | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.store, self.ledger, self.static = store, ledger, static
         self.flex_timeout = flex_timeout
         # Per served model id: the limits of keys that set none of their own.
         self.model_limits = model_limits or {}
-        self.limiter = RateLimiter()
+        # In this process's memory, or shared by a fleet's ingresses (Redis).
+        self.limiter: Limiter = limiter or RateLimiter()
         self._closed = not static.open  # once a key exists the server never reopens
 
     async def is_open(self) -> bool:
