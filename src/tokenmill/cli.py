@@ -96,6 +96,13 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=1,
         help="with --ray: replicas of the HTTP ingress (rate limits shared through --redis)",
     )
+    p.add_argument(
+        "--ray-router",
+        choices=("prefix", "pow2", "round-robin"),
+        default="prefix",
+        help="with --ray: how requests pick a model replica (default prefix: the replica "
+        "holding the longest prefix of the prompt, unless it is much busier)",
+    )
     _engine_flags(p)
     _http_flags(p)
     p.add_argument("--log-level", default=_SERVE.log_level)
@@ -253,6 +260,13 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     )
 
 
+def parse_serve(argv: list[str]) -> argparse.Namespace:
+    """``tokenmill serve`` flags alone (a Ray Serve config file carries them as a string)."""
+    parser = argparse.ArgumentParser(prog="tokenmill")
+    _serve_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["serve", *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -269,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("tokenmill: --ingress-replicas must be at least 1")
             from tokenmill.fleet.deploy import run as run_on_ray
 
-            return run_on_ray(config, args.ray or None, args.ingress_replicas)
+            return run_on_ray(config, args.ray or None, args.ingress_replicas, args.ray_router)
         from tokenmill.server import serve
 
         return serve(config)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 import signal
 import threading
 from typing import Any
@@ -28,11 +29,14 @@ def deployment_name(model: ModelConfig) -> str:
     return "model-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", model.model_id)
 
 
-def model_options(model: ModelConfig, config: ServeConfig) -> dict[str, Any]:
+ROUTERS = ("prefix", "pow2", "round-robin")
+
+
+def model_options(model: ModelConfig, config: ServeConfig, router: str) -> dict[str, Any]:
     """Ray Serve's options for ``model``'s deployment."""
     from ray.serve.config import RequestRouterConfig
 
-    from tokenmill.fleet.ray_router import PrefixAwareRouter
+    from tokenmill.fleet.ray_router import PrefixAwareRouter, RoundRobinRouter
 
     capacity = model.engine.capacity or INGRESS_MAX_ONGOING
     options: dict[str, Any] = {
@@ -44,11 +48,13 @@ def model_options(model: ModelConfig, config: ServeConfig) -> dict[str, Any]:
         "health_check_period_s": 2.0,
         "health_check_timeout_s": 30.0,
         "graceful_shutdown_timeout_s": config.shutdown_timeout,
-        # (a pydantic model whose stubs mypy misreads)
-        "request_router_config": RequestRouterConfig(
-            request_router_class=PrefixAwareRouter  # type: ignore[arg-type]
-        ),
     }
+    if router != "pow2":  # pow2: Ray Serve's own default router
+        cls = PrefixAwareRouter if router == "prefix" else RoundRobinRouter
+        # (a pydantic model whose stubs mypy misreads)
+        options["request_router_config"] = RequestRouterConfig(
+            request_router_class=cls  # type: ignore[arg-type]
+        )
     if model.autoscaling is not None:
         a = model.autoscaling
         options["autoscaling_config"] = {
@@ -62,7 +68,7 @@ def model_options(model: ModelConfig, config: ServeConfig) -> dict[str, Any]:
     return options
 
 
-def build_app(config: ServeConfig, ingress_replicas: int) -> Any:
+def build_app(config: ServeConfig, ingress_replicas: int, router: str = "prefix") -> Any:
     """The Ray Serve application graph: the ingress bound to every model's deployment."""
     from ray import serve
 
@@ -70,7 +76,9 @@ def build_app(config: ServeConfig, ingress_replicas: int) -> Any:
     from tokenmill.fleet.replica import EngineReplica
 
     handles = {
-        m.model_id: serve.deployment(**model_options(m, config))(EngineReplica).bind(config, m)
+        m.model_id: serve.deployment(**model_options(m, config, router))(EngineReplica).bind(
+            config, m
+        )
         for m in config.models
     }
     ingress = serve.deployment(
@@ -82,7 +90,22 @@ def build_app(config: ServeConfig, ingress_replicas: int) -> Any:
     return ingress.bind(config, handles)
 
 
-def run(config: ServeConfig, address: str | None, ingress_replicas: int = 1) -> int:
+def app_builder(args: dict[str, str]) -> Any:
+    """The application for a Ray Serve config file (``serve deploy``, KubeRay's RayService):
+    ``import_path: tokenmill.fleet.deploy:app_builder`` with ``args: {flags: "..."}``, the
+    flags of ``tokenmill serve`` (``--config`` and the rest; the config file's http_options
+    give the host and port). The ledger's crash recovery (``interrupted`` for rows a crash
+    left pending) is not run here, since rows of requests live elsewhere look the same;
+    ``tokenmill serve --ray`` runs it once before it deploys."""
+    from tokenmill.cli import config_from_args, parse_serve
+
+    ns = parse_serve(shlex.split(args.get("flags", "")))
+    return build_app(config_from_args(ns), ns.ingress_replicas, ns.ray_router)
+
+
+def run(
+    config: ServeConfig, address: str | None, ingress_replicas: int = 1, router: str = "prefix"
+) -> int:
     import ray
     from ray import serve
 
@@ -105,7 +128,7 @@ def run(config: ServeConfig, address: str | None, ingress_replicas: int = 1) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        serve.run(build_app(config, ingress_replicas), name=APP, route_prefix="/")
+        serve.run(build_app(config, ingress_replicas, router), name=APP, route_prefix="/")
         names = ", ".join(m.model_id for m in config.models)
         url = f"http://{config.host}:{config.port}/v1"
         print(f"tokenmill ready: {url} serving {names} on Ray Serve", flush=True)

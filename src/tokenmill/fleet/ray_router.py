@@ -1,6 +1,6 @@
-"""``PrefixPolicy`` (``router.py``) as a Ray Serve request router for the model deployments.
-Ray Serve keeps one per deployment handle, so each ingress replica learns from the requests
-it routes itself."""
+"""Ray Serve request routers for the model deployments: ``PrefixPolicy`` (``router.py``), the
+default, and round-robin to measure it against (``--ray-router``). Ray Serve keeps one per
+deployment handle, so each ingress replica learns from the requests it routes itself."""
 
 from __future__ import annotations
 
@@ -33,3 +33,20 @@ class PrefixAwareRouter(FIFOMixin, RequestRouter):
     def on_replica_actor_died(self, replica_id: Any) -> None:
         super().on_replica_actor_died(replica_id)
         self.policy.forget(replica_id)
+
+
+class RoundRobinRouter(FIFOMixin, RequestRouter):
+    """Each request to the next replica in turn: the baseline prefix-aware routing is
+    measured against (docs/scale-out.md)."""
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        self._turn = 0
+
+    async def choose_replicas(
+        self, candidate_replicas: list[Any], pending_request: Any = None
+    ) -> list[list[Any]]:
+        if not candidate_replicas:
+            return []
+        ordered = sorted(candidate_replicas, key=lambda r: r.replica_id.unique_id)
+        self._turn += 1
+        return [[ordered[self._turn % len(ordered)]]]
