@@ -87,6 +87,7 @@ class PrefixPolicy:
             ]
             if best >= self.min_match and chosen:
                 self.prefix_routed += 1
+                self.rng.shuffle(chosen)  # equal loads: no replica always first
                 chosen.sort(key=lambda r: loads[r] or 0)
                 rest = [r for r in replicas if r not in chosen]
                 return [chosen, self._two_choices(rest, loads)] if rest else [chosen]
