@@ -17,8 +17,10 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import REDIS_ENV
 from tests.e2e.conftest import API_KEY, MODEL, Server, free_port, start_server, stop_server
 from tests.e2e.helpers import NO_EOS
+from tests.e2e.tenancy_helpers import new_db, new_key
 from tests.e2e.test_catalogue import GEMMA, gemma_path
 
 pytest.importorskip("ray")
@@ -47,7 +49,16 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def fleet(ray_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def fleet_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return new_db(tmp_path_factory.mktemp("fleet-db"), "acme")
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    ray_cluster: str, fleet_db: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """Two ingress replicas (sharing rate limits through Redis when the tests have one) in
+    front of the two models."""
     catalogue = tmp_path_factory.mktemp("fleet") / "models.toml"
     catalogue.write_text(
         f"""
@@ -69,8 +80,10 @@ max_num_seqs = 2
 cache_ram = 64
 """
     )
+    redis = os.environ.get(REDIS_ENV)
     s = start_server(
         "--config", str(catalogue), "--ray", ray_cluster, "--api-key", API_KEY,
+        "--db", fleet_db, "--ingress-replicas", "2", *(["--redis", redis] if redis else []),
         env=RAY_ENV, timeout=600,
     )  # fmt: skip
     yield s
@@ -188,6 +201,35 @@ async def test_a_replica_killed_mid_stream_loses_nothing_else(fleet: Server) -> 
     while len(replica_pids(deployment)) < 2 and time.monotonic() < deadline:
         time.sleep(2)
     assert len(replica_pids(deployment)) == 2
+
+
+async def test_rate_limits_are_exact_across_two_ingress_replicas(
+    fleet: Server, fleet_db: str
+) -> None:
+    if not os.environ.get(REDIS_ENV):
+        pytest.skip(f"{REDIS_ENV} is not set: the ingresses share no rate limits")
+    assert len(replica_pids("ingress")) == 2
+    secret, _ = new_key(fleet_db, "--project", "acme", "--rpm", "20", "--tpm", "1000000")
+    six = {
+        f"x-ratelimit-{w}-{u}"
+        for w in ("limit", "remaining", "reset")
+        for u in ("requests", "tokens")
+    }
+
+    async def one(i: int) -> tuple[int, set[str]]:
+        # A connection each: Ray Serve's proxy spreads them over the two ingress replicas.
+        async with httpx.AsyncClient(base_url=fleet.base_url, timeout=120) as h:
+            r = await h.post(
+                "/completions",
+                headers={"Authorization": f"Bearer {secret}"},
+                json={"model": GEMMA, "prompt": f"{i}", "max_tokens": 1},
+            )
+            return r.status_code, set(r.headers)
+
+    results = await asyncio.gather(*(one(i) for i in range(50)))
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200] * 20 + [429] * 30  # exactly the limit, across both ingresses
+    assert all(six <= headers for _, headers in results)
 
 
 def test_ray_needs_nothing_but_the_catalogue(tmp_path: Path) -> None:
