@@ -20,24 +20,18 @@ from tokenmill.config import (
     env_prices,
     env_redis,
 )
+from tokenmill.fleet.deploy import ROUTERS
 from tokenmill.tenancy import admin
 
 # Flag defaults are the dataclasses' own: one place for every default.
 _SERVE = ServeConfig()
 _MODEL = ModelConfig()
 _ENGINE = EngineConfig()
-# Flags that set a model's value, under their catalogue key (catalogue.py).
-_MODEL_FLAGS = {
-    "threads": "threads",
-    "ctx_size": "ctx_size",
-    "max_num_seqs": "max_num_seqs",
-    "max_batch_tokens": "max_batch_tokens",
-    "prefix_cache": "prefix_cache",
-    "cache_ram": "cache_ram",
-    "spec_tokens": "spec_tokens",
-    "spec_max_seqs": "spec_max_seqs",
-    "max_queue": "max_queue",
-}
+# Flags that set a model's value: each flag's dest is its catalogue key (catalogue.py).
+_MODEL_FLAGS = (
+    "threads", "ctx_size", "max_num_seqs", "max_batch_tokens", "prefix_cache", "cache_ram",
+    "spec_tokens", "spec_max_seqs", "max_queue",
+)  # fmt: skip
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -98,7 +92,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument(
         "--ray-router",
-        choices=("prefix", "pow2", "round-robin"),
+        choices=ROUTERS,
         default="prefix",
         help="with --ray: how requests pick a model replica (default prefix: the replica "
         "holding the longest prefix of the prompt, unless it is much busier)",
@@ -119,7 +113,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _engine_flags(p: argparse.ArgumentParser) -> None:
-    # Defaults are None (filled in by _model_overrides) so that a catalogue can tell the
+    # Defaults are None (the dataclasses give the real ones) so that a catalogue can tell the
     # flags given, which override every model's value, from those left out.
     e = _ENGINE
     p.add_argument("--max-num-seqs", type=int, help=f"decoded together (default: {e.max_num_seqs})")
@@ -196,11 +190,7 @@ def _check_ranges(args: argparse.Namespace) -> None:
 
 def _model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The model flags given on the command line, under their catalogue keys."""
-    return {
-        key: getattr(args, dest)
-        for dest, key in _MODEL_FLAGS.items()
-        if getattr(args, dest) is not None
-    }
+    return {key: getattr(args, key) for key in _MODEL_FLAGS if getattr(args, key) is not None}
 
 
 def _models(args: argparse.Namespace) -> tuple[ModelConfig, ...]:

@@ -22,7 +22,10 @@ class EngineConfig:
     and the scheduler (nothing is set on them after construction)."""
 
     max_num_seqs: int = 8  # sequences decoded together (also the largest n)
-    max_batch_tokens: int = 512  # tokens per engine step (decodes + prompt chunks)
+    # Tokens per engine step (decodes + prompt chunks): each prompt token adds about 4-5 ms
+    # to a step on 2 cores, so this bounds how long a prompt chunk stalls every stream
+    # (docs/benchmarks.md, "The step budget").
+    max_batch_tokens: int = 256
     prefix_cache: bool = True  # reuse KV of shared prompt prefixes
     # Host memory for KV saved from slots about to be reused (core/hostcache.py); 0: off.
     host_cache_mib: int = 2048
