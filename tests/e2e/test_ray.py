@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,9 +27,14 @@ from tests.e2e.test_catalogue import GEMMA, gemma_path
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
-# `ray start` turns on Ray's token authentication (the token in ~/.ray/auth_token); its
-# clients must say so to send it.
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+# Ray's token authentication, with a token of the test's own for the cluster and its clients
+# (without RAY_AUTH_MODE, `ray start` turns it on only if ~/.ray/auth_token exists, and then
+# clients that do not set the mode are refused).
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "token",
+    "RAY_AUTH_TOKEN": secrets.token_hex(32),
+}
 
 
 @pytest.fixture(scope="module")
