@@ -12,6 +12,7 @@ from tokenmill.config import (
     EMBEDDED_MODEL_ID,
     EngineConfig,
     FlashAttn,
+    LogFormat,
     ModelConfig,
     ServeConfig,
     embedded_model_path,
@@ -100,6 +101,13 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _engine_flags(p)
     _http_flags(p)
     p.add_argument("--log-level", default=_SERVE.log_level)
+    p.add_argument(
+        "--log-format",
+        choices=get_args(LogFormat),
+        default=_SERVE.log_format,
+        help="text (default) or json: one JSON object per line, one line per request with its "
+        "id (x-request-id), status, duration, model, project, key id and usage",
+    )
     admin.add_db_argument(p)
     p.add_argument("--prices", help="JSON file of per-model prices (also TOKENMILL_PRICES)")
     p.add_argument(
@@ -238,6 +246,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         kernels="deterministic" if args.deterministic else "fast",
         flash_attn="off" if args.deterministic else args.flash_attn,
         log_level=args.log_level,
+        log_format=args.log_format,
         db=args.db or env_db(),
         prices=args.prices or env_prices(),
         redis=args.redis or env_redis(),

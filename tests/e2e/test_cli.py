@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 
+import httpx
 import openai
 
 from tests.e2e.conftest import start_server, stop_server
@@ -62,3 +65,24 @@ def test_missing_model_file_is_a_clear_error() -> None:
     )
     assert r.returncode != 0
     assert "model file not found" in r.stderr
+
+
+def test_log_format_json_one_line_per_request_with_its_id() -> None:
+    s = start_server("--log-format", "json", "--threads", "1", "--max-num-seqs", "2")
+    try:
+        r = httpx.post(
+            f"{s.base_url}/chat/completions",
+            json={"model": "smollm2-135m-instruct", "max_tokens": 3,
+                  "messages": [{"role": "user", "content": "a confidential question"}]},
+            headers={"x-request-id": "trace-7"}, timeout=60,
+        )  # fmt: skip
+        assert r.status_code == 200 and r.headers["x-request-id"] == "trace-7"
+        time.sleep(0.5)  # the line is written as the request ends
+        objects = [json.loads(line) for line in s.output if line.startswith("{")]
+        (line,) = [o for o in objects if o.get("request_id") == "trace-7"]
+        assert line["logger"] == "tokenmill.access" and line["status"] == 200
+        assert line["path"] == "/v1/chat/completions" and line["id"] == r.json()["id"]
+        assert line["completion_tokens"] == 3 and line["outcome"] == "finished"
+        assert not any("confidential" in out for out in s.output)
+    finally:
+        stop_server(s)

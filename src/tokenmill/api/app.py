@@ -10,6 +10,7 @@ from tokenmill.api import errors, openapi
 from tokenmill.api.lifecycle import AdmissionGate, Lifecycle
 from tokenmill.api.metered import RawSend
 from tokenmill.api.middleware import BodySizeLimit, HeaderSizeLimit
+from tokenmill.api.requestlog import RequestLog
 from tokenmill.api.routes import make_router
 from tokenmill.serving.common import ServingContext
 from tokenmill.serving.models import ServedModels
@@ -50,6 +51,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(HeaderSizeLimit, max_bytes=max_header_bytes)  # first check
+    app.add_middleware(RequestLog)  # ids and log lines for every answer, 431s included
     app.add_middleware(RawSend)  # outermost: the server's own send, for streamed events
     if ctx is not None and tenancy is not None:
         attach(app, ctx, tenancy)

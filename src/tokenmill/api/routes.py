@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from tokenmill.api import jsonbody
 from tokenmill.api.errors import from_structured, from_validation_error
 from tokenmill.api.metered import EventStream
+from tokenmill.api.requestlog import request_fields
 from tokenmill.protocol.errors import APIError, BadRequest, Forbidden
 from tokenmill.protocol.requests import (
     ChatCompletionRequest,
@@ -149,14 +150,15 @@ class _Routes:
         principal = await self.authenticate(request)
         req = await parse_body(request, model)
         ctx, served_as = self.served.resolve(req.model)  # 404 before anything is reserved
+        fields = request_fields(request.scope)
+        fields.update(
+            endpoint=kind, model=req.model, project=principal.project,
+            key=principal.caller.key_id,
+        )  # fmt: skip
         usage = self.tenancy.meter(
-            principal, ctx.models.model_id, req.model, req.service_tier, kind, req.user
+            principal, ctx.models.model_id, req.model, req.service_tier, kind, req.user, fields
         )
         meter = RequestMeter(usage, ctx.engine)
-        log.info(
-            "%s model=%s project=%s key=%s",
-            kind, req.model, principal.project, principal.caller.key_id,
-        )  # fmt: skip
         try:
             try:
                 if req.stream:

@@ -109,11 +109,10 @@ def run(
     import ray
     from ray import serve
 
+    from tokenmill import logs
     from tokenmill.server import build_tenancy, finalize_ledger
 
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(config.log_level, config.log_format)
     # Crash leftovers are marked once, here, before any ingress replica writes rows.
     tenancy = build_tenancy(config)
     if ingress_replicas > 1 and not config.redis:

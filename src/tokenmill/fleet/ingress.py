@@ -30,8 +30,11 @@ class Ingress:
         self.tenancy: Tenancy | None = None
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
+        from tokenmill import logs
         from tokenmill.runner import kernels
 
+        # Ray's worker keeps its root logger; ours get the server's format.
+        logs.configure(self.config.log_level, self.config.log_format, "tokenmill")
         kernels.select(self.config.kernels)  # before llama_cpp is imported
         from tokenmill.runner.llama_cpp import LlamaVocab
         from tokenmill.server import build_tenancy, serving_context

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokenmill.protocol.errors import REPLICA_LOST, RateLimited, ServiceUnavailable
 from tokenmill.tenancy.ledger import ERROR, INTERRUPTED, TIMEOUT, Opening, Tokens
@@ -31,8 +31,11 @@ class Meter:
         requested_tier: str | None,
         endpoint: str,
         user: str | None,
+        fields: dict[str, Any] | None = None,
     ) -> None:
         self.tenancy, self.principal, self.model = tenancy, principal, model
+        # The request's log line (api/requestlog.py): the meter adds the usage at close.
+        self.fields = fields if fields is not None else {}
         self.endpoint, self.user = endpoint, user
         self.candidates = candidates(requested_tier, principal.caller.tiers)  # 403 if not granted
         self.tier = self.candidates[0]
@@ -122,10 +125,10 @@ class Meter:
         self.tenancy.ledger.close(
             self.request_id, status, self.model, self.tier, tokens, self.first_token_at
         )
-        log.info(
-            "%s %s key=%s project=%s model=%s tier=%s prompt=%d cached=%d completion=%d",
-            self.request_id, status, self.principal.caller.key_id, self.principal.project,
-            self.model, self.tier, tokens.prompt, tokens.cached, tokens.completion,
+        self.fields.update(
+            id=self.request_id, outcome=status, served_model=self.model, tier=self.tier,
+            prompt_tokens=tokens.prompt, cached_tokens=tokens.cached,
+            completion_tokens=tokens.completion,
         )  # fmt: skip
 
     def _check_limits(self, tokens: int) -> None:

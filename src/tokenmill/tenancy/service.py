@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from tokenmill.protocol.errors import Forbidden, Unauthorized
 from tokenmill.tenancy.auth import StaticKeys, bearer_token
@@ -93,6 +94,7 @@ class Tenancy:
         tier: str | None,
         endpoint: str,
         user: str | None,
+        fields: dict[str, Any] | None = None,
     ) -> Meter:
         """A meter for one request on ``model`` (the served id; ``asked_as`` is the name the
         client used); 403 if the key may not use that model or tier."""
@@ -101,7 +103,7 @@ class Tenancy:
             raise Forbidden(
                 f"This API key may not use model {asked_as!r}.", "model", code="model_not_allowed"
             )
-        return Meter(self, principal, model, tier, endpoint, user)
+        return Meter(self, principal, model, tier, endpoint, user, fields)
 
     def limits_for(self, caller: Caller, model: str) -> Limits:
         """A key's own limits, each one it leaves unset taken from the model's defaults;
