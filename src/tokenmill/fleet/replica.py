@@ -24,6 +24,7 @@ class EngineReplica:
     def __init__(self, config: ServeConfig, model: ModelConfig) -> None:
         runner, _ = load_runner(config, model)
         self.info = runner.info
+        self.stall_timeout = config.stall_timeout
         self.grammars = GrammarCompiler(
             make_tokenizer(self.info, lambda s: runner.tokenize(s, False, False))
         )
@@ -52,7 +53,7 @@ class EngineReplica:
 
     def check_health(self) -> None:
         """Ray Serve's health check: raising marks the replica unhealthy (it is replaced)."""
-        problem = self.engine.health(stall_timeout=60.0)
+        problem = self.engine.health(self.stall_timeout)
         if problem is not None:
             raise RuntimeError(problem)
 
