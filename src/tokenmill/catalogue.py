@@ -85,7 +85,7 @@ _KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "price_cached_prompt": (_number, "a number of at least 0 (USD per million tokens)"),
     "price_completion": (_number, "a number of at least 0 (USD per million tokens)"),
 }
-# Catalogue keys that are EngineConfig fields under another name.
+# Catalogue keys that set EngineConfig fields, and which field (cache_ram is host_cache_mib).
 _ENGINE_KEYS = {
     "max_num_seqs": "max_num_seqs",
     "max_batch_tokens": "max_batch_tokens",

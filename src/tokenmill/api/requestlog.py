@@ -20,7 +20,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenmill.api.lifecycle import PROBES
 
-REQUEST_ID = "tokenmill.request_id"  # scope key: this request's id
 LOG_FIELDS = "tokenmill.log"  # scope key: fields the route adds to the request's line
 HEADER = b"x-request-id"
 # Ids echoed into headers and logs: printable, no spaces or separators a log parser or an
@@ -47,7 +46,6 @@ class RequestLog:
             await self.app(scope, receive, send)
             return
         rid = _client_id(scope) or "req_" + uuid.uuid4().hex
-        scope[REQUEST_ID] = rid
         fields = request_fields(scope)
         status = 0
         started = time.perf_counter()

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import AsyncGenerator
 
 from tokenmill.config import EngineConfig
+from tokenmill.engine.client import QueueBound
 from tokenmill.engine.loop import EngineLoop
 from tokenmill.engine.messages import EngineRequest, RequestOutput
 from tokenmill.runner.base import ModelRunner
@@ -45,18 +46,15 @@ class _Mailbox:
             queue.put_nowait(out)
 
 
-class AsyncEngine:
+class AsyncEngine(QueueBound):
     """Wraps the engine thread; safe to use from any number of concurrent HTTP handlers."""
 
     def __init__(self, runner: ModelRunner, config: EngineConfig) -> None:
+        super().__init__(config.capacity)
         self.runner = runner
         self.info = runner.info
         self.config = config
         self.loop = EngineLoop(runner, config)
-        # Sequences admitted and not yet finished (running + waiting), bounded so that overload
-        # becomes a quick 503 instead of an ever longer wait.
-        self.capacity = config.capacity
-        self.admitted = 0
         self._mailboxes: dict[asyncio.AbstractEventLoop, _Mailbox] = {}
 
     def start(self) -> None:
@@ -97,18 +95,6 @@ class AsyncEngine:
         if stalled > stall_timeout:
             return f"an engine step has been running for {stalled:.1f}s"
         return None
-
-    def reserve(self, seqs: int) -> bool:
-        """Count ``seqs`` sequences in, or False when the waiting queue is full. Call from the
-        event loop only (no lock needed there); every True must be matched by ``release``."""
-        full = self.capacity is not None and self.admitted + seqs > self.capacity
-        if full and self.admitted > 0:  # alone, even an oversized request may run
-            return False
-        self.admitted += seqs
-        return True
-
-    def release(self, seqs: int) -> None:
-        self.admitted -= seqs
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[RequestOutput, None]:
         """Yield the request's outputs until the last one.

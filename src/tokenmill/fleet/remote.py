@@ -16,6 +16,7 @@ from ray.serve.exceptions import (
 )
 
 from tokenmill.config import EngineConfig
+from tokenmill.engine.client import QueueBound
 from tokenmill.engine.messages import EngineRequest, RequestOutput
 from tokenmill.fleet.wire import WireRequest
 from tokenmill.protocol.errors import ENGINE_OVERLOADED, REPLICA_LOST
@@ -25,7 +26,7 @@ log = logging.getLogger("tokenmill.fleet")
 _LOST = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
 
 
-class RemoteEngine:
+class RemoteEngine(QueueBound):
     """Implements ``EngineClient`` over a deployment handle. Ray Serve picks the replica
     (``fleet.router``); the queue bound here is the deployment's: ``capacity`` sequences
     per replica at most."""
@@ -33,22 +34,11 @@ class RemoteEngine:
     def __init__(
         self, handle: Any, info: ModelInfo, config: EngineConfig, max_replicas: int
     ) -> None:
+        capacity = config.capacity
+        super().__init__(None if capacity is None else capacity * max_replicas)
         self.handle = handle.options(stream=True)
         self.info, self.config = info, config
-        capacity = config.capacity
-        self.capacity = None if capacity is None else capacity * max_replicas
-        self.admitted = 0
         self.requests = self.lost = 0
-
-    def reserve(self, seqs: int) -> bool:
-        full = self.capacity is not None and self.admitted + seqs > self.capacity
-        if full and self.admitted > 0:
-            return False
-        self.admitted += seqs
-        return True
-
-    def release(self, seqs: int) -> None:
-        self.admitted -= seqs
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[RequestOutput, None]:
         """Relay the replica's outputs. Closing this generator (the client left) cancels the
