@@ -57,6 +57,8 @@ class AppStack:
         prices: PriceList | None = None,
         limiter: Limiter | None = None,
         db_name: str = "t.db",
+        metrics_public: bool = False,
+        log_content: bool = False,
     ) -> None:
         self.runner = runner or FakeRunner()
         self.faults = FaultInjector(self.runner)
@@ -81,7 +83,14 @@ class AppStack:
             limiter=limiter,
         )
         served = ServedModels(self.contexts)
-        self.app = create_app(served, self.tenancy, max_body_bytes, cors_origins=cors_origins)
+        self.app = create_app(
+            served,
+            self.tenancy,
+            max_body_bytes,
+            cors_origins=cors_origins,
+            metrics_public=metrics_public,
+            log_content=log_content,
+        )
         self.started = start
 
     async def client(

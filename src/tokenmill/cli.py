@@ -108,6 +108,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="text (default) or json: one JSON object per line, one line per request with its "
         "id (x-request-id), status, duration, model, project, key id and usage",
     )
+    p.add_argument(
+        "--log-content",
+        action="store_true",
+        help="put each request's prompt and generated text in its log line (off by default: "
+        "they are the users' data)",
+    )
     admin.add_db_argument(p)
     p.add_argument("--prices", help="JSON file of per-model prices (also TOKENMILL_PRICES)")
     p.add_argument(
@@ -164,6 +170,11 @@ def _http_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--cors-origin", action="append", default=[], help="allow browsers from this origin"
+    )
+    p.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve /metrics without an API key (for a Prometheus scraper on a trusted network)",
     )
     p.add_argument(
         "--shutdown-timeout",
@@ -247,6 +258,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         flash_attn="off" if args.deterministic else args.flash_attn,
         log_level=args.log_level,
         log_format=args.log_format,
+        log_content=args.log_content,
+        metrics_public=args.metrics_public,
         db=args.db or env_db(),
         prices=args.prices or env_prices(),
         redis=args.redis or env_redis(),

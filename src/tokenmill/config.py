@@ -102,6 +102,8 @@ class ServeConfig:
     flash_attn: FlashAttn = "auto"  # "auto": llama.cpp decides; always off when deterministic
     log_level: str = "info"
     log_format: LogFormat = "text"  # "json": one JSON object per line (logs.py)
+    log_content: bool = False  # prompts and outputs in the request log lines (private data)
+    metrics_public: bool = False  # /metrics without a key (a scraper in a trusted network)
     db: str = ""  # SQLite file or database URL; "": the default file under the user data dir
     prices: str = ""  # JSON file of per-model prices; "": everything costs 0
     # Redis URL for rate-limit windows shared by several servers; "": this process's memory.

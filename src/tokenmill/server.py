@@ -164,6 +164,8 @@ def serve(config: ServeConfig) -> int:
         config.max_header_bytes,
         config.cors_origins,
         lifecycle=lifecycle,
+        metrics_public=config.metrics_public,
+        log_content=config.log_content,
     )
     server = _Server(
         app,

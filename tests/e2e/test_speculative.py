@@ -49,8 +49,8 @@ def fast_spec() -> Iterator[Server]:
 def counters(server: Server) -> dict[str, int]:
     text = httpx.get(f"{server.root}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
     return {
-        m[1]: int(m[2])
-        for m in re.finditer(r"^tokenmill_(\w+)_total(?:{[^}]*})? (\d+)$", text, re.M)
+        m[1]: int(float(m[2]))
+        for m in re.finditer(r"^tokenmill_(\w+)_total(?:{[^}]*})? ([\d.e+]+)$", text, re.M)
     }
 
 

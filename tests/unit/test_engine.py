@@ -335,3 +335,21 @@ def test_a_repeated_tool_call_stops_the_sequence() -> None:
     call = '<tool_call>\n{"name": "f", "arguments": {"x": "a"}}\n</tool_call>'
     assert h.texts("t") == {0: call + "\n" + call.removesuffix("\n</tool_call>")}
     assert h.finish("t") == {0: "stop"}
+
+
+def test_queue_time_is_sent_once_from_arrival_to_the_first_step() -> None:
+    now = [100.0]
+    h = Harness(max_num_seqs=1)
+    h.engine = EngineCore(h.runner, h.config, clock=lambda: now[0])
+    h.submit("a", PROMPTS[1], max_tokens=3)
+    h.submit("b", PROMPTS[2], max_tokens=3)  # waits: one slot
+    while h.engine.has_work:
+        h.step()
+        now[0] += 0.5  # each step takes half a second
+    waits = {
+        rid: [o.queue_time for o in outs if o.queue_time is not None]
+        for rid, outs in h.outputs.items()
+    }
+    assert waits["a"] == [0.0]
+    # b ran once a's three tokens were done: its first step started 3 steps later.
+    assert len(waits["b"]) == 1 and waits["b"][0] >= 1.5

@@ -12,6 +12,7 @@ from tokenmill.api.metered import RawSend
 from tokenmill.api.middleware import BodySizeLimit, HeaderSizeLimit
 from tokenmill.api.requestlog import RequestLog
 from tokenmill.api.routes import make_router
+from tokenmill.metrics import Metrics
 from tokenmill.serving.common import ServingContext
 from tokenmill.serving.models import ServedModels
 from tokenmill.tenancy.service import Tenancy
@@ -24,6 +25,8 @@ def create_app(
     max_header_bytes: int = 16 * 1024,
     cors_origins: tuple[str, ...] = (),
     lifecycle: Lifecycle | None = None,
+    metrics_public: bool = False,
+    log_content: bool = False,
 ) -> FastAPI:
     """The app, with its middleware (which cannot be added once it serves). Without ``ctx``
     it starts out loading: only the probes and the schema answer until ``attach``."""
@@ -40,6 +43,9 @@ def create_app(
     openapi.install(app)
     life = lifecycle or Lifecycle()
     app.state.lifecycle = life
+    app.state.metrics = Metrics()
+    app.state.metrics_public = metrics_public
+    app.state.log_content = log_content
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     # Inside CORS, so that browsers can read its 503s.
     app.add_middleware(AdmissionGate, lifecycle=life)
@@ -51,7 +57,8 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(HeaderSizeLimit, max_bytes=max_header_bytes)  # first check
-    app.add_middleware(RequestLog)  # ids and log lines for every answer, 431s included
+    # Ids, log lines and HTTP counts for every answer, 431s included.
+    app.add_middleware(RequestLog, metrics=app.state.metrics)
     app.add_middleware(RawSend)  # outermost: the server's own send, for streamed events
     if ctx is not None and tenancy is not None:
         attach(app, ctx, tenancy)
@@ -61,6 +68,10 @@ def create_app(
 def attach(app: FastAPI, ctx: ServingContext | ServedModels, tenancy: Tenancy) -> None:
     """Add the API routes (the models are loaded) and mark the server ready."""
     served = ctx if isinstance(ctx, ServedModels) else ServedModels([ctx])
-    app.include_router(make_router(served, tenancy))
+    metrics: Metrics = app.state.metrics
+    metrics.watch(served)
+    app.include_router(
+        make_router(served, tenancy, metrics, app.state.metrics_public, app.state.log_content)
+    )
     app.openapi_schema = None  # a schema built while loading lacks these routes
     app.state.lifecycle.ready([c.engine for c in served])

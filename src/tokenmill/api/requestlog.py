@@ -19,6 +19,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenmill.api.lifecycle import PROBES
+from tokenmill.metrics import Metrics
 
 LOG_FIELDS = "tokenmill.log"  # scope key: fields the route adds to the request's line
 HEADER = b"x-request-id"
@@ -38,8 +39,9 @@ class RequestLog:
     """Outer middleware: the request id in and out, and the line at the end. Probes get ids
     but no line (load balancers call them every few seconds)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,6 +63,8 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            if self.metrics is not None:
+                self._count(scope, status or 500, fields)
             if scope["path"] not in PROBES:
                 line = {
                     "request_id": rid,
@@ -72,6 +76,14 @@ class RequestLog:
                 }
                 log.info("%s %s %s", scope["method"], scope["path"], line["status"],
                          extra={"fields": line})  # fmt: skip
+
+    def _count(self, scope: Scope, status: int, fields: dict[str, Any]) -> None:
+        """One answer in ``tokenmill_http_requests_total``, by the route's template (a path
+        with ids in it would make a series per id)."""
+        assert self.metrics is not None
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        model = fields.get("served_model") or ""
+        self.metrics.http.labels(model, scope["method"], route, str(status)).inc()
 
 
 def _client_id(scope: Scope) -> str | None:

@@ -15,6 +15,7 @@ from tokenmill.api import jsonbody
 from tokenmill.api.errors import from_structured, from_validation_error
 from tokenmill.api.metered import EventStream
 from tokenmill.api.requestlog import request_fields
+from tokenmill.metrics import CONTENT_TYPE, Metrics
 from tokenmill.protocol.errors import APIError, BadRequest, Forbidden
 from tokenmill.protocol.requests import (
     ChatCompletionRequest,
@@ -75,8 +76,14 @@ async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
     return Response(status_code=499)
 
 
-def make_router(served: ServedModels, tenancy: Tenancy) -> APIRouter:
-    routes = _Routes(served, tenancy)
+def make_router(
+    served: ServedModels,
+    tenancy: Tenancy,
+    metrics: Metrics,
+    metrics_public: bool = False,
+    log_content: bool = False,
+) -> APIRouter:
+    routes = _Routes(served, tenancy, metrics, metrics_public, log_content)
     router = APIRouter()
     router.add_api_route("/metrics", routes.metrics, methods=["GET"])
     if any(ctx.faults is not None for ctx in served):
@@ -92,8 +99,17 @@ def make_router(served: ServedModels, tenancy: Tenancy) -> APIRouter:
 class _Routes:
     """The endpoints, over the served models and one tenancy."""
 
-    def __init__(self, served: ServedModels, tenancy: Tenancy) -> None:
+    def __init__(
+        self,
+        served: ServedModels,
+        tenancy: Tenancy,
+        metrics: Metrics,
+        metrics_public: bool,
+        log_content: bool,
+    ) -> None:
         self.served, self.tenancy = served, tenancy
+        self.prom, self.metrics_public = metrics, metrics_public
+        self.log_content = log_content
 
     async def authenticate(self, request: Request) -> Principal:
         return await self.tenancy.authenticate(
@@ -101,22 +117,11 @@ class _Routes:
         )
 
     async def metrics(self, request: Request) -> Response:
-        """Engine counters and gauges in Prometheus' text format, one series per model."""
-        await self.authenticate(request)
-        series: dict[str, list[str]] = {}
-        for ctx in self.served:
-            label = f'{{model="{ctx.models.model_id}"}}'
-            engine = ctx.engine
-            for name, value in engine.stats().items():
-                series.setdefault(f"tokenmill_{name}_total counter", []).append(
-                    f"tokenmill_{name}_total{label} {value}"
-                )
-            for name, value in engine.gauges().items():
-                series.setdefault(f"tokenmill_{name} gauge", []).append(
-                    f"tokenmill_{name}{label} {value}"
-                )
-        lines = [f"# TYPE {head}\n" + "\n".join(rows) for head, rows in series.items()]
-        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+        """Prometheus' text format (``tokenmill.metrics``); any valid key may read it, and
+        anyone with ``--metrics-public`` (for a scraper inside a trusted network)."""
+        if not self.metrics_public:
+            await self.authenticate(request)
+        return Response(self.prom.render(), media_type=CONTENT_TYPE)
 
     async def arm_fault(self, request: Request) -> dict[str, Any]:
         """Arm a runner fault (tests only: the route exists with --fault-injection)."""
@@ -150,15 +155,22 @@ class _Routes:
         principal = await self.authenticate(request)
         req = await parse_body(request, model)
         ctx, served_as = self.served.resolve(req.model)  # 404 before anything is reserved
+        served_model = ctx.models.model_id
         fields = request_fields(request.scope)
         fields.update(
-            endpoint=kind, model=req.model, project=principal.project,
-            key=principal.caller.key_id,
+            endpoint=kind, model=req.model, served_model=served_model,
+            project=principal.project, key=principal.caller.key_id,
         )  # fmt: skip
         usage = self.tenancy.meter(
-            principal, ctx.models.model_id, req.model, req.service_tier, kind, req.user, fields
+            principal, served_model, req.model, req.service_tier, kind, req.user, fields
         )
-        meter = RequestMeter(usage, ctx.engine)
+        content = None
+        if self.log_content:  # the users' data: only when the operator asked for it
+            fields["prompt"] = req.model_dump(
+                mode="json", include={"messages", "prompt"}, exclude_unset=True
+            )
+            content = fields
+        meter = RequestMeter(usage, ctx.engine, self.prom.request(served_model), content)
         try:
             try:
                 if req.stream:

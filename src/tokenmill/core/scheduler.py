@@ -295,6 +295,8 @@ class Scheduler:
         if not self._make_room(n + draft, seq, scheduled, out):
             return 0
         start = seq.num_computed
+        if seq.group.first_scheduled is None:
+            seq.group.first_scheduled = self.clock()
         done = start + n == len(seq.token_ids)
         del seq.draft[draft:]
         out.chunks.append(

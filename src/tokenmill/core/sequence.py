@@ -40,6 +40,7 @@ class SequenceGroup:
     prompt_len: int
     priority: int
     arrival: float
+    first_scheduled: float | None = None  # the clock when a step first ran it
     seqs: list[Sequence] = field(default_factory=list)
     # KV cells of the prompt shared by forked sequences, and how many sequences still hold them.
     shared_cells: int = 0

@@ -30,7 +30,7 @@ class EngineClient(Protocol):
         """Lifetime counters for ``/metrics``."""
         ...
 
-    def gauges(self) -> dict[str, int]:
+    def gauges(self) -> dict[str, float]:
         """Current levels for ``/metrics``."""
         ...
 

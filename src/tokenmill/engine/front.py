@@ -73,10 +73,19 @@ class AsyncEngine(QueueBound):
             "request_failures": core.request_failures,
         }
 
-    def gauges(self) -> dict[str, int]:
-        """Current levels, read without locking like ``stats``."""
-        host = self.loop.core.scheduler.host
-        return {"host_cache_bytes": host.tokens * self.info.kv_bytes_per_token}
+    def gauges(self) -> dict[str, float]:
+        """Current levels, read without locking like ``stats`` (a list is copied in one step
+        under the GIL; the counts may be a step old, which a scrape does not mind)."""
+        sched = self.loop.core.scheduler
+        running = {s.group.request_id for s in tuple(sched.running)}
+        waiting = {s.group.request_id for s in tuple(sched.waiting)} - running
+        return {
+            "requests_running": len(running),
+            # Submitted but not yet taken by the engine thread is waiting too.
+            "requests_waiting": len(waiting) + self.loop.inbox_size,
+            "kv_cache_usage_ratio": sched.used_cells / max(sched.kv_cells, 1),
+            "host_cache_bytes": sched.host.tokens * self.info.kv_bytes_per_token,
+        }
 
     def stop(self) -> None:
         self.loop.stop()

@@ -36,6 +36,7 @@ class LiveRequest:
     detoks: list[Detokenizer]
     prompt_logprobs: list[PromptLogprob | None] | None = None
     prompt_logprobs_sent: bool = False
+    queue_time_sent: bool = False
     outputs: dict[int, ChoiceDelta] = field(default_factory=dict)
     ngrams: list[NgramIndex] = field(default_factory=list)
     matchers: list[Matcher] = field(default_factory=list)
@@ -114,6 +115,9 @@ class LiveRequest:
             num_cached_tokens=self.group.seqs[0].num_cached,
         )
         self.outputs = {}
+        if not self.queue_time_sent and self.group.first_scheduled is not None:
+            out.queue_time = max(self.group.first_scheduled - self.group.arrival, 0.0)
+            self.queue_time_sent = True
         if self.prompt_logprobs is not None and not self.prompt_logprobs_sent:
             out.prompt_logprobs = self.prompt_logprobs
             self.prompt_logprobs_sent = True

@@ -55,6 +55,9 @@ class RequestOutput:
     prompt_logprobs: list[PromptLogprob | None] | None = None
     error: str | None = None  # the request failed; the message says why
     error_code: str | None = None  # e.g. "shutting_down": the edge picks the HTTP status
+    # Seconds from arrival to the first step that ran the request: on one output, the first
+    # after that step.
+    queue_time: float | None = None
 
     def merge(self, later: RequestOutput) -> None:
         """Fold the next output of the same request into this one, as if one step had
@@ -78,3 +81,5 @@ class RequestOutput:
             self.prompt_logprobs = later.prompt_logprobs
         if later.error is not None:
             self.error, self.error_code = later.error, later.error_code
+        if self.queue_time is None:
+            self.queue_time = later.queue_time

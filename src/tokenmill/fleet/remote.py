@@ -67,7 +67,7 @@ class RemoteEngine(QueueBound):
     def stats(self) -> dict[str, int]:
         return {"remote_requests": self.requests, "replica_losses": self.lost}
 
-    def gauges(self) -> dict[str, int]:
+    def gauges(self) -> dict[str, float]:
         return {"requests_admitted": self.admitted}
 
     def health(self, stall_timeout: float) -> str | None:

@@ -38,7 +38,7 @@ class EngineReplica:
     def model_info(self) -> ModelInfo:
         return self.info
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         return {**self.engine.stats(), **self.engine.gauges()}
 
     async def generate(self, wire: WireRequest) -> AsyncGenerator[RequestOutput, None]:

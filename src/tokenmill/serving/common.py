@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from tokenmill.engine.client import EngineClient
 from tokenmill.engine.messages import ChoiceDelta, EngineRequest, RequestOutput
+from tokenmill.metrics import RequestTimer
 from tokenmill.protocol.errors import (
     ENGINE_OVERLOADED,
     REPLICA_LOST,
@@ -22,6 +23,7 @@ from tokenmill.protocol.errors import (
     ContextLengthExceeded,
     Overloaded,
     QueueTimeout,
+    RateLimited,
     ServiceUnavailable,
 )
 from tokenmill.protocol.requests import GenerationFields
@@ -92,9 +94,19 @@ class RequestMeter:
     its sequences from the bound (503 past it) before tenancy admits it, and ``close`` gives
     them back, once, however the request ended. The route closes it on every path."""
 
-    def __init__(self, usage: UsageMeter, engine: EngineClient) -> None:
+    def __init__(
+        self,
+        usage: UsageMeter,
+        engine: EngineClient,
+        timer: RequestTimer | None = None,
+        content: dict[str, Any] | None = None,
+    ) -> None:
         self.usage = usage
         self.engine = engine
+        self.timer = timer  # Prometheus' view of the request
+        # With --log-content: the log line's fields, which get the generated text at close.
+        self.content = content
+        self._texts: dict[tuple[int, int], str] = {}
         self._seqs = 0
 
     async def admit(
@@ -107,12 +119,23 @@ class RequestMeter:
             )
         self._seqs = seqs
         try:
-            return await self.usage.admit(request_id, prompt_tokens, max_new_tokens)
-        except BaseException:
+            admitted = await self.usage.admit(request_id, prompt_tokens, max_new_tokens)
+        except BaseException as e:
             self._release()
+            if isinstance(e, RateLimited) and self.timer is not None:
+                self.timer.refused()
             raise
+        if self.timer is not None:
+            self.timer.admit(prompt_tokens)
+        return admitted
 
     def observe(self, index: int, out: RequestOutput) -> None:
+        if self.timer is not None:
+            self.timer.observe(index, out)
+        if self.content is not None:
+            for d in out.deltas:
+                key = (index, d.index)
+                self._texts[key] = self._texts.get(key, "") + d.text
         new = sum(len(d.token_ids) for d in out.deltas)
         self.usage.observe(index, new, out.num_cached_tokens, out.error is not None, out.error_code)
 
@@ -128,6 +151,10 @@ class RequestMeter:
 
     def close(self, status: str) -> None:
         self.usage.close(status)
+        if self.timer is not None:
+            self.timer.close()
+        if self.content is not None:  # one text per choice, in order
+            self.content["completion"] = [self._texts[k] for k in sorted(self._texts)]
         self._release()
 
     def _release(self) -> None:
