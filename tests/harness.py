@@ -12,6 +12,7 @@ import openai
 from starlette.testclient import TestClient
 
 from tokenmill.api.app import create_app
+from tokenmill.batches.store import BatchStore
 from tokenmill.config import EngineConfig
 from tokenmill.engine.front import AsyncEngine
 from tokenmill.runner.base import ModelRunner
@@ -81,6 +82,7 @@ class AppStack:
             flex_timeout,
             model_limits=model_limits,
             limiter=limiter,
+            batches=BatchStore(self.db, tmp / "data"),
         )
         served = ServedModels(self.contexts)
         self.app = create_app(

@@ -17,6 +17,7 @@ from tokenmill.config import (
     ServeConfig,
     embedded_model_path,
     env_api_keys,
+    env_data_dir,
     env_db,
     env_prices,
     env_redis,
@@ -115,6 +116,11 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "they are the users' data)",
     )
     admin.add_db_argument(p)
+    p.add_argument(
+        "--data-dir",
+        help="where uploaded files and batch results are kept (also TOKENMILL_DATA_DIR; "
+        "default: beside the SQLite database, or the user data dir)",
+    )
     p.add_argument("--prices", help="JSON file of per-model prices (also TOKENMILL_PRICES)")
     p.add_argument(
         "--redis",
@@ -165,6 +171,9 @@ def _http_flags(p: argparse.ArgumentParser) -> None:
     s = _SERVE
     p.add_argument("--max-body-bytes", type=int, default=s.max_body_bytes)
     p.add_argument("--max-header-bytes", type=int, default=s.max_header_bytes)
+    p.add_argument(
+        "--max-file-bytes", type=int, default=s.max_file_bytes, help="largest upload to /v1/files"
+    )
     p.add_argument(
         "--flex-timeout", type=float, default=s.flex_timeout, help="seconds flex may wait"
     )
@@ -261,6 +270,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         log_content=args.log_content,
         metrics_public=args.metrics_public,
         db=args.db or env_db(),
+        data_dir=args.data_dir or env_data_dir(),
+        max_file_bytes=args.max_file_bytes,
         prices=args.prices or env_prices(),
         redis=args.redis or env_redis(),
         flex_timeout=args.flex_timeout,

@@ -105,6 +105,9 @@ class ServeConfig:
     log_content: bool = False  # prompts and outputs in the request log lines (private data)
     metrics_public: bool = False  # /metrics without a key (a scraper in a trusted network)
     db: str = ""  # SQLite file or database URL; "": the default file under the user data dir
+    # Uploaded files and batch results; "": beside the SQLite file, or the user data dir.
+    data_dir: str = ""
+    max_file_bytes: int = 100 * 1024 * 1024  # POST /v1/files (the Batch API's input)
     prices: str = ""  # JSON file of per-model prices; "": everything costs 0
     # Redis URL for rate-limit windows shared by several servers; "": this process's memory.
     redis: str = ""
@@ -144,6 +147,11 @@ def env_api_keys() -> tuple[str, ...]:
 def env_db() -> str:
     """``TOKENMILL_DB``: a SQLite file path or a database URL."""
     return os.environ.get("TOKENMILL_DB", "")
+
+
+def env_data_dir() -> str:
+    """``TOKENMILL_DATA_DIR``: where uploaded files and batch results live."""
+    return os.environ.get("TOKENMILL_DATA_DIR", "")
 
 
 def env_redis() -> str:

@@ -78,7 +78,7 @@ class Metrics:
         )  # fmt: skip
         self.success = Counter(
             "tokenmill_request_success",
-            "Choices finished, by finish reason (stop, length, abort).",
+            "Choices finished, by finish reason (stop, length, abort; error if the engine failed).",
             ["model", "finished_reason"], registry=r,
         )  # fmt: skip
         self.rate_limited = Counter(

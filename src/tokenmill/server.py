@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from tokenmill import logs
 from tokenmill.api.app import attach, create_app
 from tokenmill.api.lifecycle import Lifecycle, Phase
+from tokenmill.batches.store import BatchStore
 from tokenmill.config import ModelConfig, ServeConfig
 from tokenmill.engine.client import EngineClient
 from tokenmill.engine.front import AsyncEngine
@@ -33,7 +34,7 @@ from tokenmill.serving.models import ModelRegistry, ServedModels
 from tokenmill.serving.template import ChatTemplate
 from tokenmill.structured import GrammarCompiler, make_tokenizer
 from tokenmill.tenancy.auth import StaticKeys
-from tokenmill.tenancy.db import database_url, open_database, redact
+from tokenmill.tenancy.db import data_path, database_url, open_database, redact
 from tokenmill.tenancy.keys import KeyStore
 from tokenmill.tenancy.ledger import Ledger
 from tokenmill.tenancy.limits import Limits
@@ -138,7 +139,13 @@ def build_tenancy(config: ServeConfig, recover: bool = True) -> Tenancy:
         limiter = RedisRateLimiter(config.redis)
         limiter.ping()  # unreachable: fail now, not at the first limited request
         log.info("rate limits in Redis at %s", redact(config.redis))
-    return Tenancy(store, ledger, static, config.flex_timeout, model_limits=limits, limiter=limiter)
+    batches = BatchStore(db, data_path(config.data_dir, config.db))
+    if recover and batches.release_all():  # alone: whoever held a batch before is gone
+        log.info("batches left running by the last server will resume")
+    return Tenancy(
+        store, ledger, static, config.flex_timeout,
+        model_limits=limits, limiter=limiter, batches=batches,
+    )  # fmt: skip
 
 
 def catalogue_prices(config: ServeConfig) -> dict[str, Price]:
@@ -166,6 +173,7 @@ def serve(config: ServeConfig) -> int:
         lifecycle=lifecycle,
         metrics_public=config.metrics_public,
         log_content=config.log_content,
+        max_file_bytes=config.max_file_bytes,
     )
     server = _Server(
         app,
@@ -226,6 +234,9 @@ class _Server(uvicorn.Server):
             await http
         finally:
             self.lifecycle.phase = Phase.STOPPED
+            worker = getattr(self.app.state, "batch_worker", None)
+            if worker is not None:  # if no drain stopped it (the engine died)
+                await worker.stop()
             for engine in self.engines:
                 await asyncio.to_thread(engine.stop)
             if tenancy is not None:
@@ -263,6 +274,9 @@ class _Server(uvicorn.Server):
 
     async def _drain(self, grace: float) -> None:
         self.lifecycle.drain()
+        worker = getattr(self.app.state, "batch_worker", None)
+        if worker is not None:  # batches give way first: their cut-off lines run again later
+            await worker.stop()
         await self._wait_idle(grace)
         if self.lifecycle.in_flight and self.engines:
             log.warning("ending %d requests still running", self.lifecycle.in_flight)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from tokenmill import __version__
 from tokenmill.api import errors, openapi
+from tokenmill.api.batch_routes import add_batch_routes
 from tokenmill.api.lifecycle import AdmissionGate, Lifecycle
 from tokenmill.api.metered import RawSend
 from tokenmill.api.middleware import BodySizeLimit, HeaderSizeLimit
 from tokenmill.api.requestlog import RequestLog
 from tokenmill.api.routes import make_router
+from tokenmill.batches.worker import BatchWorker
 from tokenmill.metrics import Metrics
 from tokenmill.serving.common import ServingContext
 from tokenmill.serving.models import ServedModels
@@ -27,6 +32,7 @@ def create_app(
     lifecycle: Lifecycle | None = None,
     metrics_public: bool = False,
     log_content: bool = False,
+    max_file_bytes: int = 100 * 1024 * 1024,
 ) -> FastAPI:
     """The app, with its middleware (which cannot be added once it serves). Without ``ctx``
     it starts out loading: only the probes and the schema answer until ``attach``."""
@@ -46,7 +52,9 @@ def create_app(
     app.state.metrics = Metrics()
     app.state.metrics_public = metrics_public
     app.state.log_content = log_content
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=max_body_bytes, larger={"/v1/files": max_file_bytes}
+    )
     # Inside CORS, so that browsers can read its 503s.
     app.add_middleware(AdmissionGate, lifecycle=life)
     if cors_origins:  # off unless asked: browsers must not call with a user's key by default
@@ -70,8 +78,17 @@ def attach(app: FastAPI, ctx: ServingContext | ServedModels, tenancy: Tenancy) -
     served = ctx if isinstance(ctx, ServedModels) else ServedModels([ctx])
     metrics: Metrics = app.state.metrics
     metrics.watch(served)
-    app.include_router(
-        make_router(served, tenancy, metrics, app.state.metrics_public, app.state.log_content)
-    )
+    router = make_router(served, tenancy, metrics, app.state.metrics_public, app.state.log_content)
+    if tenancy.batches is not None:
+        worker = BatchWorker(
+            tenancy.batches, served, tenancy, metrics,
+            concurrency=max(c.engine.config.max_num_seqs for c in served),
+        )  # fmt: skip
+        app.state.batch_worker = worker
+        add_batch_routes(router, tenancy, tenancy.batches, worker)
+        with contextlib.suppress(RuntimeError):  # no loop yet: the first batch call starts it
+            asyncio.get_running_loop()
+            worker.ensure_running()  # resumes what a restart cut off
+    app.include_router(router)
     app.openapi_schema = None  # a schema built while loading lacks these routes
     app.state.lifecycle.ready([c.engine for c in served])

@@ -10,19 +10,22 @@ from tokenmill.protocol.errors import APIError, HeadersTooLarge, PayloadTooLarge
 
 
 class BodySizeLimit:
-    """Refuse bodies over ``max_bytes`` with a 413, by header or by counting what arrives."""
+    """Refuse bodies over ``max_bytes`` with a 413, by header or by counting what arrives;
+    the paths in ``larger`` (file uploads) have their own limit."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope["path"], self.max_bytes)
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._reject(send)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await reject(send, PayloadTooLarge(_message(limit)))
                 return
         seen = 0
 
@@ -31,17 +34,15 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise PayloadTooLarge(self._message())
+                if seen > limit:
+                    raise PayloadTooLarge(_message(limit))
             return message
 
         await self.app(scope, counting_receive, send)
 
-    def _message(self) -> str:
-        return f"Request body too large: the limit is {self.max_bytes} bytes"
 
-    async def _reject(self, send: Send) -> None:
-        await reject(send, PayloadTooLarge(self._message()))
+def _message(limit: int) -> str:
+    return f"Request body too large: the limit is {limit} bytes"
 
 
 class HeaderSizeLimit:

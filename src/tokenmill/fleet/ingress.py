@@ -55,6 +55,7 @@ class Ingress:
         app = create_app(
             ServedModels(contexts), tenancy, c.max_body_bytes, c.max_header_bytes, c.cors_origins,
             metrics_public=c.metrics_public, log_content=c.log_content,
+            max_file_bytes=c.max_file_bytes,
         )  # fmt: skip
         log.info("ingress ready for %s", ", ".join(m.model_id for m in c.models))
         return app

@@ -68,6 +68,14 @@ class MethodNotAllowed(APIError):
     default_code = "method_not_allowed"
 
 
+class Conflict(APIError):
+    """The object is not in a state that allows this (e.g. cancelling a finished batch)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
+
+
 class PayloadTooLarge(APIError):
     status_code = 413
     error_type = "invalid_request_error"

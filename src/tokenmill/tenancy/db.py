@@ -32,6 +32,19 @@ def database_url(value: str | None) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
+def data_path(value: str, db: str | None) -> Path:
+    """Where files and batch results live: ``value``, else beside the SQLite database (so
+    one directory holds a server's state), else the user data dir (PostgreSQL)."""
+    if value:
+        path = Path(value).expanduser()
+    elif db and "://" not in db:
+        path = Path(db).expanduser().resolve().parent
+    else:
+        path = platformdirs.user_data_path("tokenmill")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def redact(url: str) -> str:
     """The URL without its password, for logs."""
     from sqlalchemy.engine import make_url

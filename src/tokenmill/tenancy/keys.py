@@ -209,13 +209,24 @@ class KeyStore:
                 raise KeyRefused("revoked")
             if key.expires_at is not None and key.expires_at <= time.time():
                 raise KeyRefused("expired")
-            projects = s.scalars(select(KeyProject.project_id).where(KeyProject.key_id == key.id))
-            models = _split(key.models)
-            return Caller(
-                key_id=key.id,
-                projects=frozenset(projects),
-                default_project=key.default_project,
-                limits=Limits(key.rpm, key.tpm),
-                tiers=frozenset(_split(key.tiers) or ()),
-                models=None if models is None else frozenset(models),
-            )
+            return _caller(s, key)
+
+    def caller_of(self, key_id: str) -> Caller | None:
+        """The caller a stored key was, revoked or expired since or not (a batch it created
+        runs on with the models the key was allowed)."""
+        with Session(self.db) as s:
+            key = s.get(ApiKey, key_id)
+            return None if key is None else _caller(s, key)
+
+
+def _caller(s: Session, key: ApiKey) -> Caller:
+    projects = s.scalars(select(KeyProject.project_id).where(KeyProject.key_id == key.id))
+    models = _split(key.models)
+    return Caller(
+        key_id=key.id,
+        projects=frozenset(projects),
+        default_project=key.default_project,
+        limits=Limits(key.rpm, key.tpm),
+        tiers=frozenset(_split(key.tiers) or ()),
+        models=None if models is None else frozenset(models),
+    )

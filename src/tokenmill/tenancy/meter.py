@@ -32,12 +32,16 @@ class Meter:
         endpoint: str,
         user: str | None,
         fields: dict[str, Any] | None = None,
+        tier: str | None = None,
     ) -> None:
         self.tenancy, self.principal, self.model = tenancy, principal, model
         # The request's log line (api/requestlog.py): the meter adds the usage at close.
         self.fields = fields if fields is not None else {}
         self.endpoint, self.user = endpoint, user
-        self.candidates = candidates(requested_tier, principal.caller.tiers)  # 403 if not granted
+        # A fixed ``tier`` (the Batch API's) is the server's choice, not the client's.
+        self.candidates = (
+            (tier,) if tier else candidates(requested_tier, principal.caller.tiers)
+        )  # 403 if not granted
         self.tier = self.candidates[0]
         self.limits = tenancy.limits_for(principal.caller, model)
         self.request_id: str | None = None

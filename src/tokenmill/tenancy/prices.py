@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FLEX_DISCOUNT = 0.5  # flex is billed at half price unless the price file says otherwise
+BATCH_DISCOUNT = 0.5  # so are the Batch API's requests
 
 
 @dataclass(frozen=True)
@@ -19,10 +20,11 @@ class Price:
 @dataclass(frozen=True)
 class PriceList:
     """``{"models": {"<model id>": {"input": 0.1, "cached_input": 0.05, "output": 0.2}},
-    "flex_discount": 0.5}``; models not listed cost nothing."""
+    "flex_discount": 0.5, "batch_discount": 0.5}``; models not listed cost nothing."""
 
     models: dict[str, Price] = field(default_factory=dict)
     flex_discount: float = FLEX_DISCOUNT
+    batch_discount: float = BATCH_DISCOUNT
 
     @classmethod
     def load(cls, path: str | Path | None) -> PriceList:
@@ -37,14 +39,17 @@ class PriceList:
             )
             for name, p in raw.get("models", {}).items()
         }
-        discount = float(raw.get("flex_discount", FLEX_DISCOUNT))
-        if not 0.0 <= discount <= 1.0:
-            raise ValueError("flex_discount must be between 0 and 1")
-        return cls(models, discount)
+        discounts = []
+        for name, default in (("flex_discount", FLEX_DISCOUNT), ("batch_discount", BATCH_DISCOUNT)):
+            discount = float(raw.get(name, default))
+            if not 0.0 <= discount <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+            discounts.append(discount)
+        return cls(models, *discounts)
 
     def with_defaults(self, prices: dict[str, Price]) -> PriceList:
         """These prices for the models this list does not price itself."""
-        return PriceList({**prices, **self.models}, self.flex_discount)
+        return PriceList({**prices, **self.models}, self.flex_discount, self.batch_discount)
 
     def cost(self, model: str, tier: str, prompt: int, cached: int, completion: int) -> float:
         price = self.models.get(model)
@@ -54,4 +59,8 @@ class PriceList:
         usd = (
             (prompt - cached) * price.input + cached * cached_price + completion * price.output
         ) / 1e6
-        return usd * (1.0 - self.flex_discount) if tier == "flex" else usd
+        if tier == "flex":
+            return usd * (1.0 - self.flex_discount)
+        if tier == "batch":
+            return usd * (1.0 - self.batch_discount)
+        return usd

@@ -67,3 +67,54 @@ class UsageRow(Base):
     first_token_at: Mapped[float | None]
     finished_at: Mapped[float | None]
     day: Mapped[str] = mapped_column(String(10))  # UTC date of admission, for grouping
+
+
+class FileRow(Base):
+    """An uploaded file (``purpose`` batch) or a batch's output or error file; the bytes are
+    on disk under the data directory at ``path`` (relative to it)."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_project_time", "project_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(256))
+    bytes: Mapped[int]
+    path: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[float]
+
+
+class BatchRow(Base):
+    """A batch: its input file, where it stands, and what its lines came to. A worker holds
+    it with a lease (``owner``, ``lease_until``) so that several servers sharing the database
+    run each batch once."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_project_time", "project_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(32))
+    endpoint: Mapped[str] = mapped_column(String(32))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    metadata_json: Mapped[str | None] = mapped_column(String(8192))
+    errors_json: Mapped[str | None] = mapped_column(String(65536))
+    output_file_id: Mapped[str | None] = mapped_column(String(64))
+    error_file_id: Mapped[str | None] = mapped_column(String(64))
+    total: Mapped[int] = mapped_column(default=0)
+    completed: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[float]
+    expires_at: Mapped[float]
+    in_progress_at: Mapped[float | None]
+    finalizing_at: Mapped[float | None]
+    completed_at: Mapped[float | None]
+    failed_at: Mapped[float | None]
+    expired_at: Mapped[float | None]
+    cancelling_at: Mapped[float | None]
+    cancelled_at: Mapped[float | None]
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[float | None]

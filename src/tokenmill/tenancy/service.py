@@ -7,6 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from tokenmill.batches.store import BatchStore
 from tokenmill.protocol.errors import Forbidden, Unauthorized
 from tokenmill.tenancy.auth import StaticKeys, bearer_token
 from tokenmill.tenancy.db import DEFAULT_PROJECT
@@ -45,8 +46,10 @@ class Tenancy:
         flex_timeout: float,
         model_limits: dict[str, Limits] | None = None,
         limiter: Limiter | None = None,
+        batches: BatchStore | None = None,
     ) -> None:
         self.store, self.ledger, self.static = store, ledger, static
+        self.batches = batches  # files and batches (the Batch API), when served
         self.flex_timeout = flex_timeout
         # Per served model id: the limits of keys that set none of their own.
         self.model_limits = model_limits or {}
@@ -86,6 +89,15 @@ class Tenancy:
         except KeyRefused as e:
             raise Unauthorized(_REFUSED[e.reason]) from None
 
+    def caller_of(self, key_id: str) -> Caller:
+        """Who ``key_id`` was (for work done later on its behalf: batches)."""
+        if key_id == "open" or key_id.startswith("static-"):
+            return admin_caller(key_id)
+        caller = self.store.caller_of(key_id)
+        if caller is None:  # deleted from the database by hand: nothing to run as
+            raise Forbidden(f"The API key {key_id} no longer exists.")
+        return caller
+
     def meter(
         self,
         principal: Principal,
@@ -95,6 +107,7 @@ class Tenancy:
         endpoint: str,
         user: str | None,
         fields: dict[str, Any] | None = None,
+        fixed_tier: str | None = None,
     ) -> Meter:
         """A meter for one request on ``model`` (the served id; ``asked_as`` is the name the
         client used); 403 if the key may not use that model or tier."""
@@ -103,7 +116,7 @@ class Tenancy:
             raise Forbidden(
                 f"This API key may not use model {asked_as!r}.", "model", code="model_not_allowed"
             )
-        return Meter(self, principal, model, tier, endpoint, user, fields)
+        return Meter(self, principal, model, tier, endpoint, user, fields, fixed_tier)
 
     def limits_for(self, caller: Caller, model: str) -> Limits:
         """A key's own limits, each one it leaves unset taken from the model's defaults;

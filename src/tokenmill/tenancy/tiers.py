@@ -8,7 +8,9 @@ from tokenmill.protocol.errors import BadRequest, Forbidden
 TIERS = ("default", "over-limit", "flex", "no-limit")
 DEFAULT_GRANT = ("default", "flex")
 # Engine priority (lower runs first; the scheduler ages waiting work one level per 10 s).
-PRIORITY = {"default": 0, "no-limit": 0, "over-limit": 1, "flex": 2}
+# ``batch`` is not granted: the Batch API's lines run at it, below everything else.
+BATCH = "batch"
+PRIORITY = {"default": 0, "no-limit": 0, "over-limit": 1, "flex": 2, BATCH: 3}
 # Tiers that must stay within the key's RPM/TPM; the others may exceed them.
 ENFORCED = frozenset({"default", "flex"})
 # Tiers whose traffic fills the key's window (no-limit is exempt from limits altogether).
