@@ -16,13 +16,15 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tokenmill.api import pages
 from tokenmill.api.middleware import reject
 from tokenmill.engine.client import EngineClient
 from tokenmill.protocol.errors import SHUTDOWN_RETRY_AFTER, SHUTTING_DOWN, ServiceUnavailable
 
 PROBES = frozenset({"/health", "/ready"})
-# Served while loading too: they hold no data and need no model.
-ALWAYS_OPEN = PROBES | {"/openapi.json", "/docs", "/docs/oauth2-redirect"}
+# Served while loading too: they hold no data and need no model (the browser pages too, with
+# their files: see ``is_always_open``).
+ALWAYS_OPEN = PROBES | {"/openapi.json", "/docs", "/docs/oauth2-redirect"} | pages.OPEN_PATHS
 LOADING_RETRY_AFTER = "5"
 
 
@@ -102,7 +104,7 @@ class AdmissionGate:
 
     def _refusal(self, path: str, method: str) -> ServiceUnavailable | None:
         phase = self.lifecycle.phase
-        if phase is Phase.LOADING and path not in ALWAYS_OPEN:
+        if phase is Phase.LOADING and not is_always_open(path):
             return ServiceUnavailable(
                 "The model is still loading; retry shortly.",
                 code="model_loading",
@@ -115,6 +117,10 @@ class AdmissionGate:
                 headers={"retry-after": SHUTDOWN_RETRY_AFTER},
             )
         return None
+
+
+def is_always_open(path: str) -> bool:
+    return path in ALWAYS_OPEN or pages.is_open(path)
 
 
 async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
