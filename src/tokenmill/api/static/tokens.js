@@ -1,5 +1,5 @@
 // Generated tokens as spans coloured by probability, with the top alternatives in a tooltip.
-// Model output only ever reaches the page through textContent and title (never innerHTML).
+// Model output only ever reaches the page through textContent and title, never as markup.
 
 /** Green for a likely token through yellow to red for an unlikely one. */
 export function probabilityColour(p) {
