@@ -67,7 +67,7 @@ export async function streamChat(body, signal, { onChoice, onUsage }) {
       throw new ApiError(`The server sent an event that is not JSON: ${data.slice(0, 200)}`);
     }
     if (event === "error" || chunk.error) {
-      throw ApiError.fromBody(chunk.error || chunk, response.status);
+      throw ApiError.fromBody(chunk.error || chunk); // no status: the answer began as a 200
     }
     const choice = (chunk.choices || []).find((c) => c.index === 0);
     if (choice) onChoice(choice);

@@ -111,6 +111,7 @@ async function send() {
           if (!spans) answer.body.append(delta.content);
         }
         if (spans && choice.logprobs && choice.logprobs.content) spans.add(choice.logprobs.content);
+        else if (spans) spans.catchUp(text);
         if (choice.finish_reason) outcome = `done (${choice.finish_reason})`;
       },
       onUsage(usage) {

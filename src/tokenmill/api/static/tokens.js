@@ -35,6 +35,7 @@ export class TokenSpans {
     this.parent = parent;
     this.decoder = new TextDecoder("utf-8");
     this.last = null;
+    this.chars = 0; // of text shown so far
   }
 
   add(entries) {
@@ -50,12 +51,24 @@ export class TokenSpans {
       span.title = tooltip(entry);
       this.parent.append(span);
       this.last = span;
+      this.chars += span.textContent.length;
     }
+  }
+
+  /**
+   * Show the end of ``text`` (the answer so far) that no token has shown: text that came
+   * without logprobs. Text held back by the server comes after its tokens: already shown.
+   */
+  catchUp(text) {
+    if (text.length <= this.chars) return;
+    this.parent.append(text.slice(this.chars));
+    this.chars = text.length;
   }
 
   /** Whatever bytes an unfinished character left in the decoder. */
   finish() {
     const rest = this.decoder.decode();
     if (rest && this.last) this.last.textContent += rest;
+    this.chars += rest.length;
   }
 }
