@@ -213,6 +213,28 @@ def test_a_wrong_or_missing_key_shows_the_401(page: Page) -> None:
     expect(page.locator("#error")).to_contain_text("You didn't provide an API key")
 
 
+def test_the_playground_waits_for_a_loading_model(page: Page) -> None:
+    """Served while the model loads (api/lifecycle.py), it asks again until the models come;
+    the first answer is the loading server's 503, handed to the browser."""
+    loading = {"message": "The model is still loading; retry shortly.", "type": "server_error",
+               "param": None, "code": "model_loading"}  # fmt: skip
+    answers = iter([json.dumps({"error": loading})])
+
+    def models(route: Any) -> None:
+        body = next(answers, None)
+        if body is None:
+            route.fallback()  # to the real server
+        else:
+            route.fulfill(status=503, content_type="application/json", body=body)
+
+    open_playground(page)
+    page.route("**/v1/models", models)
+    page.reload()  # the key stays: the tab's session
+    expect(page.locator("#error")).to_contain_text("503 model_loading")
+    expect(page.locator("#model option").first).to_have_attribute("value", MODEL)
+    expect(page.locator("#error")).to_be_hidden()
+
+
 def sse(*events: str) -> str:
     return "".join(f"{e}\n\n" for e in events)
 
@@ -243,7 +265,14 @@ def test_an_error_mid_stream_is_shown(page: Page, error_event: str) -> None:
     expect(page.locator(".msg.assistant.partial .body")).to_have_text("Hel")
 
 
-def test_stop_aborts_the_stream(page: Page) -> None:
+def cancelled(http: httpx.Client) -> int:
+    """Requests the ledger has as cancelled (the client left), on any day."""
+    data = http.get("/v1/usage", params={"group_by": "status"}).json()["data"]
+    return sum(g["requests"] for g in data if g["status"] == "cancelled")
+
+
+def test_stop_aborts_the_stream(page: Page, http: httpx.Client) -> None:
+    before = cancelled(http)
     open_playground(page)
     page.uncheck("#logprobs")
     page.fill("#max-tokens", "1500")
@@ -254,6 +283,10 @@ def test_stop_aborts_the_stream(page: Page) -> None:
     expect(page.locator("#status")).to_have_text("stopped")
     expect(page.locator("#send")).to_be_enabled()
     expect(page.locator(".msg.assistant.partial")).to_have_count(1)
+    deadline = time.monotonic() + 10  # the server sees the connection close, then aborts
+    while cancelled(http) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cancelled(http) == before + 1
 
 
 def test_the_usage_page_shows_todays_tokens_as_a_table_and_a_chart(

@@ -34,8 +34,10 @@ async function loadModels() {
     if (data.some((m) => m.id === previous)) select.value = previous;
     showError($("error"), null);
   } catch (e) {
-    select.replaceChildren(new Option("(no models: check the key)", ""));
+    const loading = e instanceof ApiError && e.code === "model_loading";
+    select.replaceChildren(new Option(loading ? "(loading…)" : "(no models: check the key)", ""));
     showError($("error"), e);
+    if (loading) setTimeout(loadModels, 3000); // the page is served while the model loads
   }
 }
 
