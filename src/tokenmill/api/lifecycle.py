@@ -22,9 +22,9 @@ from tokenmill.engine.client import EngineClient
 from tokenmill.protocol.errors import SHUTDOWN_RETRY_AFTER, SHUTTING_DOWN, ServiceUnavailable
 
 PROBES = frozenset({"/health", "/ready"})
-# Served while loading too: they hold no data and need no model (the browser pages too, with
-# their files: see ``is_always_open``).
-ALWAYS_OPEN = PROBES | {"/openapi.json", "/docs", "/docs/oauth2-redirect"} | pages.OPEN_PATHS
+# Served while loading too: they hold no data and need no model. So are the browser pages
+# and their files (``pages.is_open``), which then show that the model is loading.
+ALWAYS_OPEN = PROBES | {"/openapi.json", "/docs", "/docs/oauth2-redirect"}
 LOADING_RETRY_AFTER = "5"
 
 
@@ -120,7 +120,7 @@ class AdmissionGate:
 
 
 def is_always_open(path: str) -> bool:
-    return path in ALWAYS_OPEN or pages.is_open(path)
+    return path in ALWAYS_OPEN or pages.is_open(path)  # the pages' files: a whole prefix
 
 
 async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
