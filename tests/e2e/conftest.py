@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -101,6 +101,20 @@ async def engine_goes_idle(root: str, within: float) -> None:
             return
         last = now
     raise AssertionError(f"the engine was still stepping after {within:g}s")
+
+
+# Each test's reports by phase ("setup", "call", "teardown"), for fixtures that act on a
+# failure (the browser tests' screenshots, tests/e2e/test_pages.py).
+REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    item.stash.setdefault(REPORTS, {})[report.when] = report
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -372,7 +372,7 @@ def test_unknown_model_through_official_client(client: openai.OpenAI) -> None:
     assert e.value.code == "model_not_found"
 
 
-@pytest.mark.parametrize("path", ["/v1/nope", "/v2/chat/completions", "/", "/v1/engines"])
+@pytest.mark.parametrize("path", ["/v1/nope", "/v2/chat/completions", "/index.html", "/v1/engines"])
 def test_unknown_route_is_404(http: httpx.Client, path: str) -> None:
     assert_error(http.get(path), 404)
     assert_error(http.post(path, json={}), 404)

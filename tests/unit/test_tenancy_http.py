@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,10 @@ from typing import Any
 
 import openai
 import pytest
+from starlette.routing import Mount, Route
 
 from tests.harness import ADMIN_KEY, MODEL, AppStack
+from tokenmill.api.pages import STATIC_PATH
 from tokenmill.cli import main as cli_main
 
 MESSAGES = [{"role": "user", "content": "Say hi"}]
@@ -135,6 +138,32 @@ def test_every_route_but_the_probes_needs_a_key(stack: AppStack, method: str, pa
     assert r.status_code == 401, (path, r.status_code)
     assert r.json()["error"]["code"] == "invalid_api_key"
     assert raw.get("/health").status_code == 200 and raw.get("/ready").status_code == 200
+
+
+# Served without a key: they describe the API or are the browser pages, and hold no data.
+OPEN_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/", "/playground", "/usage"}
+
+
+def test_every_route_of_the_app_needs_a_key_but_the_open_ones(stack: AppStack) -> None:
+    """The list above, kept complete: each route the app has (new ones too) answers a call
+    without a key with a 401, unless it is named open here. The API's routes are read from
+    its schema (FastAPI keeps included routers' routes to itself), the rest from the app."""
+    raw = stack.sync_client(headers={})
+    routes = {(path, m.upper()) for path, ops in stack.app.openapi()["paths"].items() for m in ops}
+    for route in stack.app.routes:
+        if isinstance(route, Mount):  # the pages' static files (tests/unit/test_pages_http.py)
+            assert route.path == STATIC_PATH
+        elif isinstance(route, Route):
+            routes |= {(route.path, m) for m in route.methods or () if m != "HEAD"}
+    assert ("/v1/chat/completions", "POST") in routes and ("/metrics", "GET") in routes
+    seen = set()
+    for path, method in sorted(routes):
+        if path in OPEN_ROUTES:
+            seen.add(path)
+            continue
+        r = raw.request(method, re.sub(r"\{[^}]+\}", "x", path), json={})
+        assert r.status_code == 401, (method, path, r.status_code)
+    assert seen == OPEN_ROUTES  # none of the open ones went missing or renamed
 
 
 def test_the_schema_and_docs_need_no_key(stack: AppStack) -> None:

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from tokenmill import __version__
-from tokenmill.api import errors, openapi
+from tokenmill.api import errors, openapi, pages
 from tokenmill.api.batch_routes import add_batch_routes
 from tokenmill.api.lifecycle import AdmissionGate, Lifecycle
 from tokenmill.api.metered import RawSend
@@ -35,7 +35,8 @@ def create_app(
     max_file_bytes: int = 100 * 1024 * 1024,
 ) -> FastAPI:
     """The app, with its middleware (which cannot be added once it serves). Without ``ctx``
-    it starts out loading: only the probes and the schema answer until ``attach``."""
+    it starts out loading: only the probes, the schema and the browser pages answer
+    until ``attach``."""
     # The schema and its docs page are served without a key, as vLLM does: they describe the
     # API and hold no data (no keys, projects, models or usage).
     app = FastAPI(
@@ -47,6 +48,7 @@ def create_app(
     )
     errors.install(app)
     openapi.install(app)
+    pages.install(app)  # the playground and usage pages: no key, no data, open while loading
     life = lifecycle or Lifecycle()
     app.state.lifecycle = life
     app.state.metrics = Metrics()

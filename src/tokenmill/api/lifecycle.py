@@ -16,12 +16,14 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tokenmill.api import pages
 from tokenmill.api.middleware import reject
 from tokenmill.engine.client import EngineClient
 from tokenmill.protocol.errors import SHUTDOWN_RETRY_AFTER, SHUTTING_DOWN, ServiceUnavailable
 
 PROBES = frozenset({"/health", "/ready"})
-# Served while loading too: they hold no data and need no model.
+# Served while loading too: they hold no data and need no model. So are the browser pages
+# and their files (``pages.is_open``), which then show that the model is loading.
 ALWAYS_OPEN = PROBES | {"/openapi.json", "/docs", "/docs/oauth2-redirect"}
 LOADING_RETRY_AFTER = "5"
 
@@ -102,7 +104,7 @@ class AdmissionGate:
 
     def _refusal(self, path: str, method: str) -> ServiceUnavailable | None:
         phase = self.lifecycle.phase
-        if phase is Phase.LOADING and path not in ALWAYS_OPEN:
+        if phase is Phase.LOADING and not is_always_open(path):
             return ServiceUnavailable(
                 "The model is still loading; retry shortly.",
                 code="model_loading",
@@ -115,6 +117,10 @@ class AdmissionGate:
                 headers={"retry-after": SHUTDOWN_RETRY_AFTER},
             )
         return None
+
+
+def is_always_open(path: str) -> bool:
+    return path in ALWAYS_OPEN or pages.is_open(path)  # the pages' files: a whole prefix
 
 
 async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
