@@ -264,3 +264,19 @@ async def test_bad_batch_requests_name_the_parameter(stack: AppStack) -> None:
         await stack.official_async(key).batches.retrieve(b.id)
     with pytest.raises(openai.NotFoundError):
         await stack.official_async(key).files.content(f.id)
+
+
+async def test_a_broken_upload_is_a_400_naming_the_file(stack: AppStack) -> None:
+    async for http in stack.client():
+        for headers, body in [
+            ({"content-type": "multipart/form-data"}, b"no boundary"),
+            ({"content-type": "application/json"}, b"{}"),
+        ]:
+            r = await http.post("/v1/files", content=body, headers=headers)
+            err = r.json()["error"]
+            assert r.status_code == 400 and err["param"] == "file", r.text
+            assert err["type"] == "invalid_request_error"
+        r = await http.post(
+            "/v1/files", files={"file": ("a.jsonl", b"")}, data={"purpose": "batch"}
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "file"

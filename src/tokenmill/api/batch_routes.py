@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from tokenmill.api.routes import parse_body
 from tokenmill.batches.jsonl import ENDPOINTS
@@ -71,7 +72,11 @@ class _BatchRoutes:
         principal = await self.authenticate(request)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise BadRequest("Upload the file as multipart/form-data", "file")
-        async with request.form(max_files=1, max_fields=8) as form:
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except HTTPException as e:  # Starlette's: the multipart body does not parse
+            raise BadRequest(f"Invalid multipart body: {e.detail}", "file") from None
+        try:
             purpose, upload = form.get("purpose"), form.get("file")
             if purpose != "batch":
                 raise BadRequest(
@@ -82,6 +87,8 @@ class _BatchRoutes:
                 raise BadRequest("A file is required", "file")
             data = await upload.read()
             name = upload.filename or "upload.jsonl"
+        finally:
+            await form.close()  # the upload's temporary file
         if not data:
             raise BadRequest("The file is empty", "file")
         row = await asyncio.to_thread(self.store.add_file, principal.project, "batch", name, data)

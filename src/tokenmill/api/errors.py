@@ -123,7 +123,10 @@ def install(app: FastAPI) -> None:
             return error_response(NotFound("Unknown route"))
         if exc.status_code == 405:
             return error_response(MethodNotAllowed("Method not allowed for this route"))
-        err = APIError(str(exc.detail))
+        if 400 <= exc.status_code < 500:  # e.g. Starlette's own 400 for a broken multipart body
+            err: APIError = BadRequest(str(exc.detail), code="invalid_request")
+        else:
+            err = APIError(str(exc.detail))
         err.status_code = exc.status_code
         return error_response(err)
 

@@ -203,9 +203,14 @@ class BatchStore:
             return self.cancel(project, batch_id)
         return self.get_batch(project, batch_id)
 
-    def set(self, batch_id: str, **values: Any) -> None:
+    def set(self, batch_id: str, only_from: str | None = None, **values: Any) -> bool:
+        """Update a batch's row (only if its status is ``only_from``, when given: a cancel
+        from another server must not be overwritten); whether it was."""
+        stmt = update(BatchRow).where(BatchRow.id == batch_id)
+        if only_from is not None:
+            stmt = stmt.where(BatchRow.status == only_from)
         with Session(self.db) as s, s.begin():
-            s.execute(update(BatchRow).where(BatchRow.id == batch_id).values(**values))
+            return bool(s.execute(stmt.values(**values)).rowcount)  # type: ignore[attr-defined]
 
     # -- leases: one worker per batch ------------------------------------------------------
 

@@ -29,7 +29,7 @@ from tokenmill.batches import jsonl
 from tokenmill.batches import store as st
 from tokenmill.batches.store import BatchStore
 from tokenmill.metrics import Metrics
-from tokenmill.protocol.errors import APIError, BadRequest, ServiceUnavailable
+from tokenmill.protocol.errors import APIError, BadRequest, NotFound, ServiceUnavailable
 from tokenmill.protocol.requests import ChatCompletionRequest, CompletionRequest, GenerationFields
 from tokenmill.serving.chat import create_chat_completion
 from tokenmill.serving.common import EngineFailed, RequestMeter
@@ -135,24 +135,32 @@ class BatchWorker:
 
     async def _lines(self, batch: BatchRow) -> list[jsonl.Line] | None:
         """The batch's requests (validating it first if it is new); None if it failed."""
-        source = await asyncio.to_thread(
-            lambda: self.store.read(self.store.get_file(batch.project_id, batch.input_file_id))
-        )
-        lines, errors = jsonl.parse(source, batch.endpoint)
+        try:
+            source = await asyncio.to_thread(
+                lambda: self.store.read(self.store.get_file(batch.project_id, batch.input_file_id))
+            )
+            lines, errors = jsonl.parse(source, batch.endpoint)
+        except NotFound:  # deleted before validation took it
+            lines, errors = [], [jsonl.LineError(None, "file_not_found", "The input file is gone.")]
         if batch.status != st.VALIDATING:
             return lines
         if errors:
             log.info("batch %s failed validation: %s", batch.id, errors[0].message)
             await asyncio.to_thread(
-                self.store.set, batch.id, status=st.FAILED, failed_at=time.time(),
-                errors_json=json.dumps([e.as_dict() for e in errors]), owner=None,
+                self.store.set, batch.id, only_from=st.VALIDATING, status=st.FAILED,
+                failed_at=time.time(), errors_json=json.dumps([e.as_dict() for e in errors]),
+                owner=None,
             )  # fmt: skip
             return None
         now = time.time()
-        await asyncio.to_thread(
-            self.store.set, batch.id, status=st.IN_PROGRESS, in_progress_at=now, total=len(lines)
-        )
-        batch.status, batch.in_progress_at, batch.total = st.IN_PROGRESS, now, len(lines)
+        started = await asyncio.to_thread(
+            self.store.set, batch.id, only_from=st.VALIDATING, status=st.IN_PROGRESS,
+            in_progress_at=now, total=len(lines),
+        )  # fmt: skip
+        if started:
+            batch.status, batch.in_progress_at, batch.total = st.IN_PROGRESS, now, len(lines)
+        else:  # cancelled meanwhile
+            batch.status = st.CANCELLING
         return lines
 
     # -- one line --------------------------------------------------------------------------
