@@ -54,8 +54,9 @@ def run_schemathesis(location: str, base_url: str, out: Path) -> tuple[dict[str,
         "run", location,
         "--url", base_url,
         "--header", f"Authorization: Bearer {API_KEY}",
-        # The two generation endpoints (a method filter would add every other POST).
-        "--include-path-regex", "^/v1/(chat/)?completions$",
+        # The two generation endpoints, /v1 or not as the spec has them (a method filter
+        # would add every other POST).
+        "--include-path-regex", "^(/v1)?/(chat/)?completions$",
         "--checks", CHECKS,
         "--max-time", str(SECONDS),
         "--generation-database", "none",
