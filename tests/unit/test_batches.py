@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
-from tests.harness import MODEL, AppStack
+from tests.harness import ADMIN, BASE_URL, MODEL, AppStack
 from tokenmill.batches.store import BatchStore
 from tokenmill.tenancy.prices import Price, PriceList
 
@@ -51,11 +52,14 @@ async def stack(tmp_path: Path) -> AsyncIterator[AppStack]:
         s.close()
 
 
-async def finished(c: openai.AsyncOpenAI, batch_id: str, within: float = 20.0) -> Any:
+async def finished(
+    c: openai.AsyncOpenAI, batch_id: str, within: float = 20.0, until: set[str] = TERMINAL
+) -> Any:
+    """The batch once its status is one of ``until`` (by default: it has ended)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         b = await c.batches.retrieve(batch_id)
-        if b.status in TERMINAL:
+        if b.status in until:
             return b
         await asyncio.sleep(0.05)
     raise AssertionError(f"batch {batch_id} still {b.status}")
@@ -178,8 +182,7 @@ async def test_a_cancelled_batch_stops_and_keeps_what_ran(tmp_path: Path) -> Non
         b = await c.batches.create(
             input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
-        while (await c.batches.retrieve(b.id)).status != "in_progress":
-            await asyncio.sleep(0.02)
+        await finished(c, b.id, until={"in_progress"})
         cancelling = await c.batches.cancel(b.id)
         assert cancelling.status in ("cancelling", "cancelled")
         done = await finished(c, b.id)
@@ -222,8 +225,7 @@ async def test_an_expired_batch_reports_what_did_not_run(tmp_path: Path) -> None
             input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
         assert b.expires_at == b.created_at + 24 * 3600
-        while (await c.batches.retrieve(b.id)).status != "in_progress":
-            await asyncio.sleep(0.02)
+        await finished(c, b.id, until={"in_progress"})
         stack.tenancy.batches.set(b.id, expires_at=time.time() - 1)  # type: ignore[union-attr]
         done = await finished(c, b.id)
         assert done.status == "expired" and done.expired_at
@@ -267,7 +269,8 @@ async def test_bad_batch_requests_name_the_parameter(stack: AppStack) -> None:
 
 
 async def test_a_broken_upload_is_a_400_naming_the_file(stack: AppStack) -> None:
-    async for http in stack.client():
+    transport = httpx.ASGITransport(app=stack.app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, headers=ADMIN) as http:
         for headers, body in [
             ({"content-type": "multipart/form-data"}, b"no boundary"),
             ({"content-type": "application/json"}, b"{}"),

@@ -3,7 +3,6 @@ count equals what the load did; /metrics needs a key unless public; --log-conten
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,40 +128,3 @@ def test_metrics_need_a_key_unless_public(tmp_path: Path) -> None:
     finally:
         private.close()
         public.close()
-
-
-def log_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
-    return [r.fields for r in caplog.records if r.name == "tokenmill.access"]  # type: ignore[attr-defined]
-
-
-def test_content_is_logged_only_with_log_content(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, "tokenmill.access")
-    plain = AppStack(tmp_path, db_name="a.db")
-    content = AppStack(tmp_path, db_name="b.db", log_content=True)
-    for s in (plain, content):
-        s.open()
-    try:
-        for s in (plain, content):
-            r = s.official().chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "secret words"}], max_tokens=3
-            )
-            answer = r.choices[0].message.content
-            stream = s.official().completions.create(
-                model=MODEL, prompt="other secret", max_tokens=3, stream=True
-            )
-            streamed = "".join(ch.choices[0].text for ch in stream if ch.choices)
-    finally:
-        plain.close()
-        content.close()
-    lines = log_lines(caplog)
-    assert len(lines) == 4
-    for line in lines[:2]:
-        assert "prompt" not in line and "completion" not in line
-        assert "secret" not in str(line)
-    chat, comp = lines[2], lines[3]
-    assert chat["prompt"] == {"messages": [{"role": "user", "content": "secret words"}]}
-    assert chat["completion"] == [answer]
-    assert comp["prompt"] == {"prompt": "other secret"}
-    assert comp["completion"] == [streamed]

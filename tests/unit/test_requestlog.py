@@ -95,3 +95,36 @@ def test_formats() -> None:
     assert data["message"] == "POST /v1/x 200" and "time" in data
     text = TextFormatter().format(record)
     assert text.endswith("POST /v1/x 200 request_id=r1 status=200")
+
+
+def test_content_is_logged_only_with_log_content(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "tokenmill.access")
+    plain = AppStack(tmp_path, db_name="a.db")
+    content = AppStack(tmp_path, db_name="b.db", log_content=True)
+    for s in (plain, content):
+        s.open()
+    try:
+        for s in (plain, content):
+            r = s.official().chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "secret words"}], max_tokens=3
+            )
+            answer = r.choices[0].message.content
+            stream = s.official().completions.create(
+                model=MODEL, prompt="other secret", max_tokens=3, stream=True
+            )
+            streamed = "".join(ch.choices[0].text for ch in stream if ch.choices)
+    finally:
+        plain.close()
+        content.close()
+    got = lines(caplog)
+    assert len(got) == 4
+    for line in got[:2]:
+        assert "prompt" not in line and "completion" not in line
+        assert "secret" not in str(line)
+    chat, comp = got[2], got[3]
+    assert chat["prompt"] == {"messages": [{"role": "user", "content": "secret words"}]}
+    assert chat["completion"] == [answer]
+    assert comp["prompt"] == {"prompt": "other secret"}
+    assert comp["completion"] == [streamed]
