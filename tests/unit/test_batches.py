@@ -283,3 +283,24 @@ async def test_a_broken_upload_is_a_400_naming_the_file(stack: AppStack) -> None
             "/v1/files", files={"file": ("a.jsonl", b"")}, data={"purpose": "batch"}
         )
         assert r.status_code == 400 and r.json()["error"]["param"] == "file"
+
+
+async def test_a_completions_batch_and_a_streamed_line(stack: AppStack) -> None:
+    c = stack.official_async()
+    lines = [
+        {"custom_id": f"c{i}", "method": "POST", "url": "/v1/completions",
+         "body": {"model": MODEL, "prompt": ["ab", "cd"][: i + 1], "max_tokens": 2,
+                  "stream": i == 2}}
+        for i in range(3)
+    ]  # fmt: skip
+    f = await c.files.create(file=jsonl(lines), purpose="batch")
+    b = await c.batches.create(
+        input_file_id=f.id, endpoint="/v1/completions", completion_window="24h"
+    )
+    done = await finished(c, b.id)
+    assert done.status == "completed" and done.request_counts.completed == 2  # type: ignore[union-attr]
+    out = {x["custom_id"]: x["response"]["body"] for x in await results(c, done.output_file_id)}
+    assert out["c0"]["object"] == "text_completion" and len(out["c1"]["choices"]) == 2
+    (streamed,) = await results(c, done.error_file_id)
+    assert streamed["custom_id"] == "c2"
+    assert streamed["response"]["body"]["error"]["param"] == "stream"
