@@ -36,6 +36,10 @@ class EngineConfig:
     # A waiting request gains one priority level per this many seconds, so a steady stream of
     # higher-priority work delays lower priorities but never starves them.
     aging_seconds: float = 10.0
+    # Sequences of this priority or lower (a larger number: the Batch API's tier is 3) give
+    # their slot to waiting work of a higher priority instead of making it wait for them to
+    # finish; their KV stays cached, so they resume without recomputing it.
+    yield_priority: int = 3
 
     def __post_init__(self) -> None:
         if self.max_batch_tokens < self.max_num_seqs:

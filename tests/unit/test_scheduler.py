@@ -296,3 +296,31 @@ def test_kv_full_sends_the_batch_back_and_shrinks_the_cells() -> None:
     assert all(seq.status is SeqStatus.WAITING for seq in a.seqs)
     plan = s.schedule()  # recomputed from the start
     assert plan.chunks[0].start == 0 and plan.chunks[0].num_tokens == 5
+
+
+def test_batch_lines_give_their_slots_to_higher_priority_work() -> None:
+    s = Scheduler(EngineConfig(max_num_seqs=2, max_batch_tokens=128), kv_cells=1000,
+                  host_tokens=1000)  # fmt: skip
+    first, second = group(80, priority=3, arrival=1), group(8, priority=3, arrival=2)
+    flex = group(4, priority=2, arrival=0)
+    for g in (flex, first):
+        s.add(g)
+    sample_all(s, s.schedule())  # flex (2) and a batch line (3) take both slots
+    s.add(second)
+    plan = s.schedule()
+    assert not plan.preempted  # batch does not preempt batch
+    sample_all(s, plan)
+    urgent = group(4, priority=0, arrival=3)
+    s.add(urgent)
+    plan = s.schedule()
+    # The batch line gives way, not the flex request (above yield_priority).
+    assert plan.preempted == [first.seqs[0]]
+    assert urgent.seqs[0] in [c.seq for c in plan.chunks]
+    assert flex.seqs[0].status is SeqStatus.RUNNING
+    assert s.used_cells == cells_in_use(s)
+    sample_all(s, plan)
+    s.finish(urgent.seqs[0], SeqStatus.FINISHED_STOPPED)
+    s.finish(flex.seqs[0], SeqStatus.FINISHED_STOPPED)
+    plan = s.schedule()  # the batch line resumes from its KV, saved to host memory
+    resumed = [c for c in plan.chunks if c.seq is first.seqs[0]]
+    assert resumed and resumed[0].start >= 80

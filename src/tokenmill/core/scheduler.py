@@ -5,7 +5,8 @@ budget. Running decodes are served first (one token each), then prompt chunks of
 sequences, then newly admitted ones: a long prompt is cut into chunks and never stalls the
 others' streaming. Admission is FCFS within a priority and needs a free KV slot and room for the
 whole prompt; when decoding runs out of KV cells the newest, lowest-priority sequence is
-preempted and later recomputed from its tokens.
+preempted and later recomputed from its tokens. Sequences at the lowest priorities (batch
+lines) also give their slot to higher-priority work that waits for one.
 
 Prefix cache: a slot keeps its KV after its sequence leaves, and remembers the tokens it holds.
 A new sequence takes the free slot sharing the longest prefix with it and computes only the
@@ -147,6 +148,7 @@ class Scheduler:
             for seq in self.running:
                 seq.draft = list(drafts.get(seq.seq_id, ()))
         out = SchedulerOutput()
+        self._yield_slots(out)
         budget = self.max_batch_tokens
         scheduled: set[int] = set()
         ordered = sorted(self.running, key=lambda s: s.sort_key)
@@ -353,6 +355,27 @@ class Scheduler:
             if victim is seq:
                 return False
         return True
+
+    def _yield_slots(self, out: SchedulerOutput) -> None:
+        """Slots for waiting work of a higher priority, taken from running sequences at
+        ``yield_priority`` or below (batch lines), newest first. Their KV stays in the slot's
+        cache (saved to host memory before the slot is reused), so they resume cheaply."""
+        floor = self.config.yield_priority
+        urgent = [s for s in self.waiting if s.group.priority < floor]
+        if not urgent:
+            return
+        need = sum(1 + len(self._fork_children(s)) for s in urgent) - len(self.free_slots)
+        while need > 0:
+            victims = [
+                s for s in self.running
+                if s.group.priority >= floor and not s.awaiting_fork
+                and s.group.priority > min(u.group.priority for u in urgent)
+            ]  # fmt: skip
+            if not victims:
+                return
+            victim = max(victims, key=lambda s: s.sort_key)
+            need -= 1 + len(self._fork_children(victim))
+            self._preempt(victim, out)
 
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self._release(seq)
