@@ -361,19 +361,18 @@ class Scheduler:
         ``yield_priority`` or below (batch lines), newest first. Their KV stays in the slot's
         cache (saved to host memory before the slot is reused), so they resume cheaply."""
         floor = self.config.yield_priority
-        urgent = [s for s in self.waiting if s.group.priority < floor]
+        victims = [s for s in self.running if s.group.priority >= floor and not s.awaiting_fork]
+        if not victims:  # the common case: nothing to yield, nothing more to look at
+            return
+        urgent = [s.group.priority for s in self.waiting if s.group.priority < floor]
         if not urgent:
             return
-        need = sum(1 + len(self._fork_children(s)) for s in urgent) - len(self.free_slots)
-        while need > 0:
-            victims = [
-                s for s in self.running
-                if s.group.priority >= floor and not s.awaiting_fork
-                and s.group.priority > min(u.group.priority for u in urgent)
-            ]  # fmt: skip
-            if not victims:
+        need = len(urgent) - len(self.free_slots)
+        victims = [s for s in victims if s.group.priority > min(urgent)]
+        victims.sort(key=lambda s: s.sort_key, reverse=True)  # lowest priority, newest first
+        for victim in victims:
+            if need <= 0:
                 return
-            victim = max(victims, key=lambda s: s.sort_key)
             need -= 1 + len(self._fork_children(victim))
             self._preempt(victim, out)
 
