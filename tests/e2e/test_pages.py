@@ -300,7 +300,9 @@ def test_the_usage_page_shows_todays_tokens_as_a_table_and_a_chart(
     today = time.strftime("%Y-%m-%d", time.gmtime())
     open_playground(page)
     page.click("#usage-link")  # the key comes along: the same tab's sessionStorage
-    assert page.url.endswith("/usage") and page.input_value("#api-key") == API_KEY
+    # Waiting: the page's module script fills the field once it has loaded.
+    expect(page).to_have_url(re.compile(r"/usage$"))
+    expect(page.locator("#api-key")).to_have_value(API_KEY)
     row = page.locator(f'#usage-table tbody tr[data-day="{today}"][data-model="{MODEL}"]')
     expect(row).to_have_count(1)
     cells = row.locator("td").all_inner_texts()
