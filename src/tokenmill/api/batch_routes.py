@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from tokenmill.api.routes import parse_body
+from tokenmill.api.routes import authenticate, parse_body
 from tokenmill.batches.jsonl import ENDPOINTS
 from tokenmill.batches.store import BatchStore, batch_object, file_object
 from tokenmill.batches.worker import BatchWorker
@@ -60,9 +60,7 @@ class _BatchRoutes:
         self.tenancy, self.store, self.worker = tenancy, store, worker
 
     async def authenticate(self, request: Request) -> Principal:
-        principal = await self.tenancy.authenticate(
-            request.headers.get("authorization"), request.query_params.get("ai_project_id")
-        )
+        principal = await authenticate(self.tenancy, request)
         self.worker.ensure_running()  # a server whose worker has not started yet (tests)
         return principal
 

@@ -42,7 +42,13 @@ USAGE_GROUPS = ("model", "day", "key", "tier", "user", "status")
 
 async def parse_body(request: Request, model: type[M]) -> M:
     """JSON body -> validated request; ``extra_body`` sent literally is merged in."""
-    data = jsonbody.load_object(await request.body())
+    return validate_body(jsonbody.load_object(await request.body()), model)
+
+
+def validate_body(body: dict[str, Any], model: type[M]) -> M:
+    """A parsed body (an HTTP request's or a batch line's) -> validated request, with
+    ``extra_body`` sent literally merged in; a 400 naming the parameter otherwise."""
+    data = dict(body)
     extra = data.pop("extra_body", None)
     if isinstance(extra, dict):
         data.update(extra)
@@ -74,6 +80,13 @@ async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
         return task.result()
     await asyncio.gather(task, return_exceptions=True)
     return Response(status_code=499)
+
+
+async def authenticate(tenancy: Tenancy, request: Request) -> Principal:
+    """The caller of ``request`` (its bearer key) and the project it acts for."""
+    return await tenancy.authenticate(
+        request.headers.get("authorization"), request.query_params.get("ai_project_id")
+    )
 
 
 def make_router(
@@ -112,9 +125,7 @@ class _Routes:
         self.log_content = log_content
 
     async def authenticate(self, request: Request) -> Principal:
-        return await self.tenancy.authenticate(
-            request.headers.get("authorization"), request.query_params.get("ai_project_id")
-        )
+        return await authenticate(self.tenancy, request)
 
     async def metrics(self, request: Request) -> Response:
         """Prometheus' text format (``tokenmill.metrics``); any valid key may read it, and

@@ -22,9 +22,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from tokenmill.api.errors import from_structured, from_validation_error
+from tokenmill.api.errors import from_structured
+from tokenmill.api.routes import validate_body
 from tokenmill.batches import jsonl
 from tokenmill.batches import store as st
 from tokenmill.batches.store import BatchStore
@@ -170,7 +169,7 @@ class BatchWorker:
         ``Retry`` when the server could not take it now."""
         kind, model, create = ENDPOINTS[batch.endpoint]
         try:
-            req = _request(model, line.body)
+            req = validate_body(line.body, model)
             if req.stream:
                 raise BadRequest("stream is not supported in a batch", "stream")
             ctx, served_as = self.served.resolve(req.model)
@@ -204,17 +203,6 @@ async def _metered(meter: RequestMeter, work: Awaitable[Any]) -> dict[str, Any]:
     meter.close(FINISHED)
     assert isinstance(result, dict)
     return result
-
-
-def _request(model: type[GenerationFields], body: dict[str, Any]) -> GenerationFields:
-    data = dict(body)
-    extra = data.pop("extra_body", None)
-    if isinstance(extra, dict):
-        data.update(extra)
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise from_validation_error(e) from e
 
 
 class _Run:
